@@ -31,28 +31,6 @@ std::string SslErrorString() {
   return out.empty() ? "unknown error" : out;
 }
 
-bool IsTrustDomainChar(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '-' || c == '_';
-}
-
-bool IsPathSegmentChar(char c) {
-  return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_';
-}
-
-absl::Status CheckSegment(absl::string_view what, absl::string_view seg, absl::string_view uri) {
-  if (seg.empty())
-    return absl::InvalidArgumentError(absl::StrCat("SPIFFE id '", uri, "': empty ", what));
-  if (seg == "." || seg == "..")
-    return absl::InvalidArgumentError(
-        absl::StrCat("SPIFFE id '", uri, "': ", what, " may not be '", seg, "'"));
-  for (char c : seg) {
-    if (!IsPathSegmentChar(c))
-      return absl::InvalidArgumentError(
-          absl::StrCat("SPIFFE id '", uri, "': invalid character in ", what, " '", seg, "'"));
-  }
-  return absl::OkStatus();
-}
-
 absl::StatusOr<int64_t> AsnTimeToUnix(const ASN1_TIME* t) {
   bssl::UniquePtr<ASN1_TIME> epoch(ASN1_TIME_set(nullptr, 0));
   int days = 0, secs = 0;
@@ -63,40 +41,6 @@ absl::StatusOr<int64_t> AsnTimeToUnix(const ASN1_TIME* t) {
 
 }  // namespace
 
-std::string SpiffeId::ToString() const {
-  return absl::StrCat("spiffe://", trust_domain, "/ns/", ns, "/sa/", service_account);
-}
-
-absl::StatusOr<SpiffeId> ParseSpiffeId(std::string_view uri_std) {
-  absl::string_view uri = AV(uri_std);
-  constexpr absl::string_view kScheme = "spiffe://";
-  if (uri.size() > 2048) return absl::InvalidArgumentError("SPIFFE id longer than 2048 bytes");
-  if (uri.substr(0, kScheme.size()) != kScheme)
-    return absl::InvalidArgumentError(
-        absl::StrCat("not a SPIFFE id (must start with spiffe://): '", uri, "'"));
-  absl::string_view rest = uri.substr(kScheme.size());
-  size_t slash = rest.find('/');
-  absl::string_view td = rest.substr(0, slash);
-  if (td.empty())
-    return absl::InvalidArgumentError(absl::StrCat("SPIFFE id '", uri, "': empty trust domain"));
-  for (char c : td) {
-    if (!IsTrustDomainChar(c))
-      return absl::InvalidArgumentError(absl::StrCat(
-          "SPIFFE id '", uri, "': invalid character '", std::string(1, c),
-          "' in trust domain (allowed: a-z 0-9 . - _; no port, userinfo or uppercase)"));
-  }
-  if (slash == absl::string_view::npos)
-    return absl::InvalidArgumentError(
-        absl::StrCat("SPIFFE id '", uri, "': missing path /ns/<namespace>/sa/<service-account>"));
-  absl::string_view path = rest.substr(slash + 1);
-  std::vector<absl::string_view> parts = absl::StrSplit(path, '/');
-  if (parts.size() != 4 || parts[0] != "ns" || parts[2] != "sa")
-    return absl::InvalidArgumentError(
-        absl::StrCat("SPIFFE id '", uri, "': path must be /ns/<namespace>/sa/<service-account>"));
-  if (auto st = CheckSegment("namespace", parts[1], uri); !st.ok()) return st;
-  if (auto st = CheckSegment("service account", parts[3], uri); !st.ok()) return st;
-  return SpiffeId{std::string(td), std::string(parts[1]), std::string(parts[3])};
-}
 
 absl::StatusOr<bssl::UniquePtr<EVP_PKEY>> GenerateP256Key() {
   bssl::UniquePtr<EC_KEY> ec(EC_KEY_new_by_curve_name(NID_X9_62_prime256v1));

@@ -22,23 +22,13 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/spiffe.h"
 
 namespace weft::ztunnel {
 
-// spiffe://<trust_domain>/ns/<ns>/sa/<service_account>
-struct SpiffeId {
-  std::string trust_domain;
-  std::string ns;
-  std::string service_account;
-
-  std::string ToString() const;
-  bool operator==(const SpiffeId&) const = default;
-};
-
-// Strict parse: scheme "spiffe", non-empty lowercase-ish trust domain of
-// [a-z0-9.-_], exactly the path /ns/<ns>/sa/<sa> with non-empty segments of
-// [A-Za-z0-9.-_]; no query, fragment, port or userinfo. Error names the part.
-absl::StatusOr<SpiffeId> ParseSpiffeId(std::string_view uri);
+// SPIFFE ids are parsed by the one parser the whole mesh shares.
+using ::weft::ParseSpiffeId;
+using ::weft::SpiffeId;
 
 // An issued workload certificate with its private key. Immutable once
 // assembled; share it as shared_ptr<const WorkloadCert>.

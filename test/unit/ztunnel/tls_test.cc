@@ -89,8 +89,8 @@ TEST_CASE("ParseSpiffeId accepts only spiffe://td/ns/X/sa/Y", "[tls][identity]")
   REQUIRE(ok.ok());
   CHECK(ok->trust_domain == "cluster.local");
   CHECK(ok->ns == "default");
-  CHECK(ok->service_account == "my-sa_1.x");
-  CHECK(ok->ToString() == "spiffe://cluster.local/ns/default/sa/my-sa_1.x");
+  CHECK(ok->sa == "my-sa_1.x");
+  CHECK(ok->str() == "spiffe://cluster.local/ns/default/sa/my-sa_1.x");
   for (const char* bad :
        {"", "spiffe://", "spiffe:///ns/a/sa/b", "http://td/ns/a/sa/b", "spiffe://td",
         "spiffe://td/ns/a", "spiffe://td/ns/a/sa/", "spiffe://td/ns//sa/b",
@@ -198,7 +198,7 @@ TEST_CASE("CertSpiffeId requires exactly one SPIFFE URI SAN", "[tls][identity]")
   CHECK_THAT(Msg(CertSpiffeId(ca.Issue(k.get(), {kClientId, kServerId}).get()).status()),
              Catch::Contains("2 URI SANs"));
   CHECK_THAT(Msg(CertSpiffeId(ca.Issue(k.get(), {"https://example.com/x"}).get()).status()),
-             Catch::Contains("not a SPIFFE id"));
+             Catch::Contains("must be \"spiffe\""));
 }
 
 TEST_CASE("TLS: mutual handshake, identities, data, close_notify", "[tls]") {
@@ -312,7 +312,7 @@ TEST_CASE("TLS: leaf SAN rules enforced in the handshake", "[tls]") {
   SECTION("URI SAN that is not a workload SPIFFE id") {
     auto r = HandshakeWith(pki, *pki.ca.Workload({"spiffe://cluster.local/node/n1"}));
     REQUIRE_FALSE(r.server.ok());
-    CHECK_THAT(Msg(r.server), Catch::Contains("SPIFFE id"));
+    CHECK_THAT(Msg(r.server), Catch::Contains("invalid SPIFFE ID"));
   }
   SECTION("expired") {
     auto r = HandshakeWith(pki, *pki.ca.Workload({kClientId}, -7200, -3600));
