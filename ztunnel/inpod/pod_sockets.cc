@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -19,6 +20,10 @@ absl::StatusOr<UniqueFd> NewTcpSocket(uint32_t mark) {
     return absl::PermissionDeniedError(absl::StrCat("setsockopt SO_MARK 0x", absl::Hex(mark), ": ",
                                                     strerror(errno), " (needs CAP_NET_ADMIN)"));
   }
+  // A proxy already coalesces what it writes; Nagle on top of that holds
+  // back the tail of every response until the peer's delayed ACK (~40 ms).
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   return s;
 }
 

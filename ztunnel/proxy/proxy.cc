@@ -1,5 +1,8 @@
 #include "ztunnel/proxy/proxy.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
 #include <errno.h>
 #include <linux/netfilter_ipv4.h>
 #include <string.h>
@@ -78,6 +81,8 @@ class Proxy::Listener : public SocketHandler {
   ~Listener() override { proxy_->loop()->Close(id); }
 
   void OnAccept(SocketId, int fd) override {
+    int one = 1;  // see NewTcpSocket: the proxy coalesces writes itself
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     switch (kind_) {
       case Kind::kOutbound:
         proxy_->OnOutboundAccept(pod_, fd);
