@@ -55,6 +55,48 @@ class MeshEnrollTest(bedtest.BedTestCase):
         gaps = [t2 - t1 for (_, t1), (_, t2) in zip(oks, oks[1:])]
         self.assertLess(max(gaps), 1.0, "the old connection stalled for %.1fs" % max(gaps))
 
+    def test_unenrolling_keeps_open_connections_and_stops_redirection(self):
+        bed = weftbed.Bed(nodes=1)
+        bed.add_namespace("shop", mesh=True)
+        a, b = bed.add_pod("shop", "web-a"), bed.add_pod("shop", "web-b")
+        self.up_bed(bed)
+
+        def mesh_opened():
+            s = weftbed.parse_prometheus(bed.metrics(1))
+            return weftbed.metric_sum(s, "istio_tcp_connections_opened_total",
+                                      reporter="source", source_principal=a.spiffe())
+
+        # an echo connection a -> b through the mesh, open across the change
+        name, stop = self.hold(bed, a, b.ip, interval=0.1)
+        self.eventually(lambda: weftbed.records_mentioning(bed.connections(1), a.spiffe(),
+                                                           b.spiffe()),
+                        what="the held connection to show in ztunnel as a -> b")
+        self.assertTrue(any(a.ip in json.dumps(e)
+                            for e in bed.weftctl_json(1, "bpf")["enrolled"]))
+        t_change = time.time()
+        bed.set_pod_labels(a, {"app": "web-a", weftbed.MESH_LABEL: "disabled"})
+        self.assertFalse(bed.enrolled(a))
+        # the agent turns a's redirection off: its netns leaves the enrolled map
+        self.eventually(
+            lambda: not any(a.ip in json.dumps(e) for e in
+                            bed.weftctl_json(1, "bpf").get("enrolled", [])),
+            timeout=20, what="web-a's netns to leave the BPF enrolled map")
+        # new calls from a go direct: b still answers (through its 15006 capture,
+        # as a plaintext client), and no new outbound mTLS connection is counted for a
+        opened = mesh_opened()
+        for _ in range(3):
+            self.assertIn(b.token, bed.curl(a, bed.pod_url(b)))
+        time.sleep(0.5)
+        self.assertEqual(mesh_opened(), opened, "web-a's calls still went through its ztunnel")
+        # the connection opened before the change kept going without a reset
+        time.sleep(1.0)
+        summary = self.finish_hold(bed, name, stop)
+        self.assertIsNone(summary["error"], "the connection open before unenrolling broke: %s"
+                          % summary)
+        self.assertEqual(summary["sent"], summary["received"])
+        after = [t for n, t in bedtest.ok_lines(bed.log_text(name)) if t > t_change + 0.5]
+        self.assertGreaterEqual(len(after), 5, "few round trips after unenrolling: %d" % len(after))
+
 
 if __name__ == "__main__":
     bedtest.main()
