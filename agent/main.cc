@@ -10,7 +10,6 @@
 #include "agent/admin.h"
 #include "agent/bpf_datapath.h"
 #include "agent/bpf_manager.h"
-#include "agent/hostport.h"
 #include "agent/netns_resolver.h"
 #include "agent/node_agent.h"
 #include "agent/operator_client.h"
@@ -71,8 +70,8 @@ int main(int argc, char** argv) {
 
   auto token = ReadTokenFile(token_file);
   if (!token.ok()) return Fail(std::string(token.status().message()));
-  auto admin_addr = ParseHostPort(admin);
-  if (!admin_addr.ok()) return Fail("--admin: " + std::string(admin_addr.status().message()));
+  auto admin_addr = weft::ParseHostPort("--admin", admin);
+  if (!admin_addr.ok()) return Fail(std::string(admin_addr.status().message()));
 
   // Block the stop signals before any thread starts, so only sigwait sees them.
   sigset_t sigs;
@@ -109,7 +108,7 @@ int main(int argc, char** argv) {
   agent.Start();
   AdminHttpServer admin_server;
   if (absl::Status st =
-          admin_server.Start(admin_addr->first, admin_addr->second, AdminHandlers(&agent));
+          admin_server.Start(admin_addr->host, admin_addr->port, AdminHandlers(&agent));
       !st.ok()) {
     return Fail("admin endpoint: " + std::string(st.message()));
   }

@@ -40,6 +40,28 @@ bool WriteAll(int fd, std::string_view data) {
 }
 }  // namespace
 
+absl::StatusOr<HostPort> ParseHostPort(const std::string& flag, const std::string& value) {
+  size_t colon = value.rfind(':');
+  if (colon == std::string::npos || colon == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, " '", value, "': expected host:port, e.g. 127.0.0.1:15000"));
+  }
+  HostPort hp;
+  hp.host = value.substr(0, colon);
+  uint32_t port = 0;
+  if (!absl::SimpleAtoi(value.substr(colon + 1), &port) || port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, " '", value, "': port must be a number 0..65535"));
+  }
+  in_addr a;
+  if (inet_pton(AF_INET, hp.host.c_str(), &a) != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, " '", value, "': host must be an IPv4 address"));
+  }
+  hp.port = static_cast<uint16_t>(port);
+  return hp;
+}
+
 AdminHttpServer::~AdminHttpServer() { Stop(); }
 
 absl::Status AdminHttpServer::Start(const std::string& host, uint16_t port,

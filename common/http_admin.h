@@ -14,6 +14,17 @@
 
 namespace weft {
 
+// A listen or connect address given as "a.b.c.d:port" on a command line.
+struct HostPort {
+  std::string host;
+  uint16_t port = 0;  // 0 = ephemeral (tests)
+  bool enabled = true;
+};
+
+// Parses "IPv4:port" for the flag named `flag`; errors name the flag, the
+// value and what is wrong with it.
+absl::StatusOr<HostPort> ParseHostPort(const std::string& flag, const std::string& value);
+
 struct HttpResponse {
   int status = 200;
   std::string content_type = "application/json";

@@ -13,7 +13,6 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "agent/ctl/format.h"
-#include "agent/hostport.h"
 #include "common/http_admin.h"
 #include "common/netns.h"
 
@@ -27,10 +26,9 @@ struct Endpoint {
 };
 
 absl::StatusOr<json> Fetch(const Endpoint& ep, const std::string& path) {
-  auto hp = weft::agent::ParseHostPort(ep.addr);
-  if (!hp.ok())
-    return absl::InvalidArgumentError(absl::StrCat(ep.what, ": ", hp.status().message()));
-  auto body = weft::HttpGet(hp->first, hp->second, path);
+  auto hp = weft::ParseHostPort(ep.what, ep.addr);
+  if (!hp.ok()) return hp.status();
+  auto body = weft::HttpGet(hp->host, hp->port, path);
   if (!body.ok()) {
     return absl::UnavailableError(
         absl::StrCat("cannot reach ", ep.what, " at ", ep.addr, ": ", body.status().message()));

@@ -39,27 +39,6 @@ std::vector<std::string> SplitPem(const std::string& pem) {
 
 }  // namespace
 
-absl::StatusOr<HostPort> ParseHostPort(const std::string& flag, const std::string& value) {
-  size_t colon = value.rfind(':');
-  if (colon == std::string::npos || colon == 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(flag, " '", value, "': expected host:port, e.g. 127.0.0.1:15000"));
-  }
-  HostPort hp;
-  hp.host = value.substr(0, colon);
-  uint32_t port = 0;
-  if (!absl::SimpleAtoi(value.substr(colon + 1), &port) || port > 65535) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(flag, " '", value, "': port must be a number 0..65535"));
-  }
-  if (!ParseIp(hp.host).ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(flag, " '", value, "': host must be an IPv4 address"));
-  }
-  hp.port = uint16_t(port);
-  return hp;
-}
-
 absl::Status AdminServers::Start(const AdminInputs& in, const HostPort& admin,
                                  const HostPort& metrics, const HostPort& readiness) {
   in_ = in;

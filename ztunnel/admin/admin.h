@@ -21,13 +21,8 @@
 
 namespace weft::ztunnel {
 
-struct HostPort {
-  std::string host;
-  uint16_t port = 0;  // 0 = ephemeral (tests)
-  bool enabled = true;
-};
-// "host:port" -> HostPort; errors name the flag and what is wrong.
-absl::StatusOr<HostPort> ParseHostPort(const std::string& flag, const std::string& value);
+using ::weft::HostPort;
+using ::weft::ParseHostPort;
 
 struct AdminInputs {
   const StateStore* state = nullptr;
