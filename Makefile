@@ -3,7 +3,7 @@ BUILD ?= build
 BUILD_TYPE ?= RelWithDebInfo
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps configure build demo demo-down test test-asan clean
+.PHONY: all deps configure build demo demo-down test test-asan bench clean
 
 all: build
 
@@ -25,13 +25,21 @@ demo: build
 demo-down:
 	test/bed/demo.sh down
 
-# The whole test suite (unit + root integration) through ctest.
+# Bench suite (bench/README.md): results in bench/results/<timestamp>/. QUICK=1: short mode.
+bench: build
+	WEFT_BUILD=$(abspath $(BUILD)) python3 bench/run.py $(if $(QUICK),--quick)
+
+# The whole test suite through ctest: unit + root integration tests, then the
+# unit tests again under AddressSanitizer/UBSan (ASAN=0 skips that pass).
+ASAN ?= 1
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j 2 --timeout 600
+	@if [ "$(ASAN)" = "1" ]; then $(MAKE) --no-print-directory test-asan; fi
 
 # Unit tests under AddressSanitizer and UBSan, in a build tree of their own.
 test-asan: deps
-	cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DWEFT_SANITIZE=ON
+	@if [ ! -f build-asan/build.ninja ]; then \
+	  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DWEFT_SANITIZE=ON; fi
 	cmake --build build-asan -j $(JOBS) --target weft_unit_tests
 	cd build-asan && ctest --output-on-failure -L unit
 

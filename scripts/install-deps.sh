@@ -12,6 +12,8 @@ PACKAGES=(
   libabsl-dev libcli11-dev catch2 libyaml-cpp-dev nlohmann-json3-dev libssl-dev
   # run and test: namespaces, real clients and servers, captures
   iproute2 procps python3 curl openssl tcpdump nghttp2-client iputils-ping
+  # bench suite (bench/run.py): server, load generators, plots
+  nginx-light wrk python3-matplotlib stunnel4
 )
 
 missing=()
