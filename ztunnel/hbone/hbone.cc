@@ -63,6 +63,14 @@ struct HboneSession::Impl {
     return it == streams.end() ? nullptr : it->second.get();
   }
 
+  // A stream the application knows about (opened or accepted), or why not.
+  absl::StatusOr<Stream*> FindOpen(int32_t id) {
+    Stream* s = Find(id);
+    if (s == nullptr || !s->known)
+      return absl::NotFoundError(absl::StrCat("HBONE stream ", id, " is not open"));
+    return s;
+  }
+
   void Resume(Stream* s) {
     if (s->provider && s->deferred) {
       s->deferred = false;
@@ -508,9 +516,9 @@ absl::Status HboneSession::Feed(std::string_view data) {
 }
 
 absl::Status HboneSession::SendData(int32_t stream_id, std::string_view data) {
-  Stream* s = impl_->Find(stream_id);
-  if (s == nullptr || !s->known)
-    return absl::NotFoundError(absl::StrCat("HBONE stream ", stream_id, " is not open"));
+  absl::StatusOr<Stream*> found = impl_->FindOpen(stream_id);
+  if (!found.ok()) return found.status();
+  Stream* s = *found;
   if (s->dropped)
     return absl::FailedPreconditionError(
         absl::StrCat("HBONE stream ", stream_id, " was refused or reset"));
@@ -524,9 +532,9 @@ absl::Status HboneSession::SendData(int32_t stream_id, std::string_view data) {
 }
 
 absl::Status HboneSession::EndStream(int32_t stream_id) {
-  Stream* s = impl_->Find(stream_id);
-  if (s == nullptr || !s->known)
-    return absl::NotFoundError(absl::StrCat("HBONE stream ", stream_id, " is not open"));
+  absl::StatusOr<Stream*> found = impl_->FindOpen(stream_id);
+  if (!found.ok()) return found.status();
+  Stream* s = *found;
   if (s->end_requested) return absl::OkStatus();
   s->end_requested = true;
   impl_->Resume(s);
@@ -534,9 +542,9 @@ absl::Status HboneSession::EndStream(int32_t stream_id) {
 }
 
 absl::Status HboneSession::ResetStream(int32_t stream_id, uint32_t error_code) {
-  Stream* s = impl_->Find(stream_id);
-  if (s == nullptr || !s->known)
-    return absl::NotFoundError(absl::StrCat("HBONE stream ", stream_id, " is not open"));
+  absl::StatusOr<Stream*> found = impl_->FindOpen(stream_id);
+  if (!found.ok()) return found.status();
+  Stream* s = *found;
   s->dropped = true;
   s->out.clear();
   s->out_off = 0;
@@ -618,9 +626,9 @@ absl::StatusOr<std::unique_ptr<HboneServer>> HboneServer::New(Callbacks callback
 }
 
 absl::Status HboneServer::Accept(int32_t stream_id) {
-  Stream* s = impl_->Find(stream_id);
-  if (s == nullptr || !s->known)
-    return absl::NotFoundError(absl::StrCat("HBONE stream ", stream_id, " is not open"));
+  absl::StatusOr<Stream*> found = impl_->FindOpen(stream_id);
+  if (!found.ok()) return found.status();
+  Stream* s = *found;
   if (s->answered)
     return absl::FailedPreconditionError(
         absl::StrCat("HBONE stream ", stream_id, " already answered"));
@@ -630,9 +638,9 @@ absl::Status HboneServer::Accept(int32_t stream_id) {
 }
 
 absl::Status HboneServer::Reject(int32_t stream_id, int status, std::string_view reason) {
-  Stream* s = impl_->Find(stream_id);
-  if (s == nullptr || !s->known)
-    return absl::NotFoundError(absl::StrCat("HBONE stream ", stream_id, " is not open"));
+  absl::StatusOr<Stream*> found = impl_->FindOpen(stream_id);
+  if (!found.ok()) return found.status();
+  Stream* s = *found;
   if (s->answered)
     return absl::FailedPreconditionError(
         absl::StrCat("HBONE stream ", stream_id, " already answered"));
