@@ -90,6 +90,10 @@ absl::Status OperatorApp::Init(const OperatorOptions& opts) {
   if (opts.ca_cert.empty() != opts.ca_key.empty()) {
     return absl::InvalidArgumentError("--ca-cert and --ca-key must be given together");
   }
+  if (std::string why = CheckDnsLabel(opts.root_namespace); !why.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--root-namespace \"", opts.root_namespace, "\" ", why));
+  }
   for (const std::string& n : opts.extra_nodes) {
     if (std::string why = CheckDnsSubdomain(n); !why.empty()) {
       return absl::InvalidArgumentError(absl::StrCat("--node \"", n, "\" ", why));
@@ -133,10 +137,16 @@ absl::Status OperatorApp::Init(const OperatorOptions& opts) {
       return absl::Status(ca.status().code(), absl::StrCat("CA: ", ca.status().message()));
     ca_ = std::move(*ca);
   }
+  if (!opts.ca_extra_roots.empty()) {
+    if (absl::Status s = ca_->AddTrustedRoots(opts.ca_extra_roots); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("--ca-extra-roots: ", s.message()));
+    }
+  }
+  WEFT_LOG_INFO("CA: trust bundle sent to nodes holds ", ca_->trusted_root_count(), " root(s)");
 
   tokens_ = std::make_unique<TokenStore>(opts.state_dir);
   if (absl::Status s = tokens_->Init(); !s.ok()) return s;
-  store_ = std::make_unique<ConfigStore>(opts.trust_domain);
+  store_ = std::make_unique<ConfigStore>(opts.trust_domain, opts.root_namespace);
   Reload({});
   if (!hub_.Current()) {
     return absl::FailedPreconditionError(absl::StrCat("cannot read config dir ", opts.config_dir));

@@ -29,8 +29,10 @@ struct OperatorOptions {
   std::string state_dir = "/var/lib/weft";
   std::string listen = "unix:/run/weft/operator.sock";
   std::string trust_domain = "cluster.local";
+  std::string root_namespace = "istio-system";  // Istio's meshConfig.rootNamespace
   absl::Duration cert_ttl = absl::Hours(24);
   std::string ca_cert, ca_key;        // both or neither
+  std::string ca_extra_roots;         // PEM roots trusted besides the signing root ("" = none)
   std::set<std::string> extra_nodes;  // --node: tokens even without pods
   std::string admin;                  // host:port of the admin HTTP endpoint, "" = off
   std::chrono::milliseconds debounce{100};

@@ -43,12 +43,19 @@ int main(int argc, char** argv) {
   cli.add_option("--listen", opts.listen, "gRPC listen address, unix:<path> (mode 0600)")
       ->capture_default_str();
   cli.add_option("--trust-domain", opts.trust_domain, "SPIFFE trust domain")->capture_default_str();
+  cli.add_option("--root-namespace", opts.root_namespace,
+                 "Istio root namespace: PeerAuthentication/AuthorizationPolicy there without a "
+                 "selector apply mesh-wide (meshConfig.rootNamespace)")
+      ->capture_default_str();
   cli.add_option("--cert-ttl", cert_ttl, "Workload certificate lifetime, e.g. 90s, 2m, 24h")
       ->capture_default_str();
   cli.add_option("--ca-cert", opts.ca_cert,
                  "CA certificate PEM (signing cert first, then issuers); default: own root in "
                  "<state-dir>/ca");
   cli.add_option("--ca-key", opts.ca_key, "Private key PEM of --ca-cert");
+  cli.add_option("--ca-extra-roots", opts.ca_extra_roots,
+                 "PEM file of roots trusted besides the signing root, sent to every node with "
+                 "each certificate (root rotation overlap; docs/ARCHITECTURE.md)");
   cli.add_option("--node", nodes,
                  "Create an agent token for this node even without pods "
                  "(repeatable)");

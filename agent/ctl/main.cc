@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "agent/ctl/format.h"
+#include "agent/ctl/policies.h"
 #include "common/http_admin.h"
 #include "common/netns.h"
 
@@ -74,6 +75,13 @@ int main(int argc, char** argv) {
       app.add_subcommand("connections", "ztunnel's live connections: addresses, identities, bytes");
   auto* bpf = app.add_subcommand("bpf", "BPF state: enrolled netns, orig-dst entries, attachments");
   auto* config = app.add_subcommand("config", "The agent's config: version, ACK/NACK, errors");
+  std::string policy_workload;
+  auto* policies = app.add_subcommand(
+      "policies",
+      "Effective mTLS mode and the PeerAuthentication/AuthorizationPolicy objects that apply "
+      "to each workload of this node, and why");
+  policies->add_option("--workload", policy_workload,
+                       "Only this workload, namespace/name (any node)");
   CLI11_PARSE(app, argc, argv);
 
   if (!netns.empty()) {
@@ -119,6 +127,13 @@ int main(int argc, char** argv) {
     auto b = Fetch(agent, "/bpf");
     if (!b.ok()) return Fail(b.status());
     return print(*b, RenderBpf(*b));
+  }
+  if (*policies) {
+    auto c = Fetch(agent, "/config");
+    if (!c.ok()) return Fail(c.status());
+    auto view = PoliciesView(*c, policy_workload);
+    if (!view.ok()) return Fail(view.status());
+    return print(*view, RenderPolicies(*view));
   }
   if (*config) {
     auto c = Fetch(agent, "/config");

@@ -241,7 +241,9 @@ struct CertificateAuthority::Impl {
   X509Ptr cert;               // signs leaves
   std::string intermediates;  // PEM appended after the leaf
   std::string root_pem;
-  int64_t not_after = 0;  // of the signing cert
+  std::string trust_bundle;              // root_pem + extra trusted roots
+  std::vector<std::string> trusted_der;  // DER of each root in trust_bundle (dedup)
+  int64_t not_after = 0;                 // of the signing cert
   mutable std::mutex mu;
 };
 
@@ -360,6 +362,12 @@ absl::StatusOr<std::unique_ptr<CertificateAuthority::Impl>> BuildImpl(const std:
       // The last certificate is the trust anchor; a lone self-signed CA is the
       // root itself, with nothing between it and the leaves.
       impl->root_pem = *pem;
+      impl->trust_bundle = *pem;
+      unsigned char* der = nullptr;
+      int n = i2d_X509(chain[i].get(), &der);
+      if (n <= 0) return SslError("i2d_X509");
+      impl->trusted_der.emplace_back(reinterpret_cast<char*>(der), static_cast<size_t>(n));
+      OPENSSL_free(der);
     } else {
       impl->intermediates += *pem;
     }
@@ -369,6 +377,64 @@ absl::StatusOr<std::unique_ptr<CertificateAuthority::Impl>> BuildImpl(const std:
 }
 
 }  // namespace
+
+absl::Status CertificateAuthority::AddTrustedRoots(const std::string& pem_file) {
+  absl::StatusOr<std::string> pem = ReadFile(pem_file);
+  if (!pem.ok()) return pem.status();
+  BioPtr bio(BIO_new_mem_buf(pem->data(), static_cast<int>(pem->size())));
+  std::vector<X509Ptr> certs;
+  while (X509* c = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) certs.emplace_back(c);
+  ERR_clear_error();  // the loop ends on a "no start line" error
+  if (certs.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(pem_file, ": no PEM certificate found"));
+  }
+  // Check everything first: a bad file changes nothing.
+  std::vector<std::pair<std::string, std::string>> add;  // (DER, PEM)
+  int64_t now = time(nullptr);
+  for (size_t i = 0; i < certs.size(); ++i) {
+    X509* c = certs[i].get();
+    std::string which = absl::StrCat(pem_file, ": certificate ", i + 1);
+    if (X509_check_ca(c) < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(which, " is not a CA (needs basicConstraints CA:TRUE)"));
+    }
+    absl::StatusOr<int64_t> not_after = ToUnix(X509_get0_notAfter(c));
+    if (!not_after.ok()) return not_after.status();
+    if (*not_after <= now)
+      return absl::FailedPreconditionError(absl::StrCat(which, " has expired"));
+    unsigned char* der = nullptr;
+    int n = i2d_X509(c, &der);
+    if (n <= 0) return SslError("i2d_X509");
+    std::string d(reinterpret_cast<char*>(der), static_cast<size_t>(n));
+    OPENSSL_free(der);
+    absl::StatusOr<std::string> p = PemOf(c);
+    if (!p.ok()) return p.status();
+    add.emplace_back(std::move(d), std::move(*p));
+  }
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  for (auto& [der, p] : add) {
+    bool dup = false;
+    for (const std::string& have : impl_->trusted_der) dup = dup || have == der;
+    if (dup) {
+      WEFT_LOG_INFO("CA: ", pem_file, ": a root already trusted (skipped)");
+      continue;
+    }
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    EVP_Digest(der.data(), der.size(), md, &len, EVP_sha256(), nullptr);
+    WEFT_LOG_INFO("CA: also trusting root from ", pem_file, " (sha256 ",
+                  absl::BytesToHexString(absl::string_view(reinterpret_cast<char*>(md), len)), ")");
+    impl_->trusted_der.push_back(std::move(der));
+    impl_->trust_bundle += p;
+  }
+  return absl::OkStatus();
+}
+
+const std::string& CertificateAuthority::trust_bundle_pem() const { return impl_->trust_bundle; }
+
+int CertificateAuthority::trusted_root_count() const {
+  return static_cast<int>(impl_->trusted_der.size());
+}
 
 std::string CertificateAuthority::fingerprint() const {
   unsigned char md[EVP_MAX_MD_SIZE];
@@ -478,7 +544,7 @@ absl::StatusOr<SignedCert> CertificateAuthority::SignCsr(const std::string& csr_
   absl::StatusOr<std::string> pem = PemOf(cert.get());
   if (!pem.ok()) return pem.status();
   out.cert_chain_pem = *pem + impl_->intermediates;
-  out.root_pem = impl_->root_pem;
+  out.root_pem = impl_->trust_bundle;
   return out;
 }
 

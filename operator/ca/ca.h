@@ -5,6 +5,11 @@
 // after, or loaded from files given by the operator's user.
 // Leaves: exactly one URI SAN (the SPIFFE ID), ECDSA P-256 keys only,
 // digitalSignature, serverAuth + clientAuth, CA:FALSE, random 128-bit serial.
+//
+// Trust bundle: the signing root, then any extra roots (AddTrustedRoots);
+// every issued certificate goes out with the whole bundle, and ztunnels trust
+// every root in it. That is the overlap of a root rotation (old and new root
+// trusted at once); docs/ARCHITECTURE.md "Certificate rotation" has the steps.
 #pragma once
 
 #include <cstdint>
@@ -18,7 +23,7 @@ namespace weft::op {
 
 struct SignedCert {
   std::string cert_chain_pem;  // leaf, then intermediates (when the CA is one)
-  std::string root_pem;        // trust anchor
+  std::string root_pem;        // trust bundle: signing root, then extra trusted roots
   int64_t not_after_unix = 0;
   std::string serial_hex;  // uppercase hex, no leading zeros
 };
@@ -46,7 +51,19 @@ class CertificateAuthority {
   absl::StatusOr<SignedCert> SignCsr(const std::string& csr_pem, const std::string& spiffe_id,
                                      absl::Duration ttl) const;
 
+  // Also trusts the CA certificates in `pem_file` (one or more PEM
+  // certificates, each CA:TRUE and not expired): they are appended to the
+  // trust bundle of every certificate issued afterwards. Copies of the
+  // signing root or of each other are skipped. Call at start-up, before
+  // SignCsr runs on other threads.
+  absl::Status AddTrustedRoots(const std::string& pem_file);
+
+  // The signing root (the trust anchor of what this CA issues).
   const std::string& root_pem() const { return root_pem_; }
+  // The signing root followed by the extra trusted roots.
+  const std::string& trust_bundle_pem() const;
+  // Number of roots in trust_bundle_pem().
+  int trusted_root_count() const;
   // SHA-256 fingerprint of the signing certificate, hex, for logs.
   std::string fingerprint() const;
 

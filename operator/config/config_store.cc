@@ -8,6 +8,7 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <tuple>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -66,6 +67,74 @@ uint32_t ResolveNamedPort(const std::string& port_name, const std::vector<const 
   return *numbers.begin();
 }
 
+api::ConfigError PolicyError(const char* kind, const std::string& ns, const std::string& name,
+                             const std::string& field, const std::string& msg,
+                             const std::string& source) {
+  api::ConfigError e;
+  e.set_kind(kind);
+  e.set_namespace_(ns);
+  e.set_name(name);
+  e.set_field(field);
+  e.set_message(msg);
+  e.set_source(source);
+  return e;
+}
+
+// Adds the policies to `cfg` sorted by namespace/name; a second object with
+// the same namespace/name is rejected (the first in file order serves).
+void AddPolicies(const std::vector<const api::PeerAuthentication*>& pas,
+                 const std::vector<const api::AuthorizationPolicy*>& aps,
+                 const std::string& root_ns, api::NodeConfig* cfg,
+                 std::vector<api::ConfigError>* warnings) {
+  std::map<std::pair<std::string, std::string>, const api::PeerAuthentication*> pa_by_name;
+  for (const api::PeerAuthentication* p : pas) {
+    auto [it, fresh] = pa_by_name.emplace(std::make_pair(p->namespace_(), p->name()), p);
+    if (!fresh) {
+      *cfg->add_errors() = PolicyError(
+          "PeerAuthentication", p->namespace_(), p->name(), "metadata.name",
+          absl::StrCat("duplicate: already defined at ", it->second->source()), p->source());
+    }
+  }
+  // Istio's quiet cases, said out loud.
+  std::map<std::string, std::vector<const api::PeerAuthentication*>> scope_wide;
+  for (const auto& [key, p] : pa_by_name) {
+    if (!p->selector().empty() && p->namespace_() == root_ns) {
+      warnings->push_back(PolicyError(
+          "PeerAuthentication", p->namespace_(), p->name(), "spec.selector",
+          absl::StrCat("a PeerAuthentication with a selector in the root namespace ", root_ns,
+                       " is ignored, as Istio does (put it in the workload's namespace)"),
+          p->source()));
+    }
+    if (p->selector().empty()) scope_wide[p->namespace_()].push_back(p);
+    *cfg->add_peer_authentications() = *p;
+  }
+  for (auto& [ns, list] : scope_wide) {
+    if (list.size() < 2) continue;
+    std::sort(list.begin(), list.end(), [](const auto* a, const auto* b) {
+      return std::make_tuple(a->creation_timestamp().empty(), a->creation_timestamp(), a->name()) <
+             std::make_tuple(b->creation_timestamp().empty(), b->creation_timestamp(), b->name());
+    });
+    for (size_t i = 1; i < list.size(); ++i) {
+      warnings->push_back(PolicyError(
+          "PeerAuthentication", ns, list[i]->name(), "spec",
+          absl::StrCat("namespace ", ns, ns == root_ns ? " (root: mesh-wide)" : "",
+                       " has several PeerAuthentications without a selector; only the oldest, ",
+                       list[0]->name(), ", is used"),
+          list[i]->source()));
+    }
+  }
+  std::map<std::pair<std::string, std::string>, const api::AuthorizationPolicy*> ap_by_name;
+  for (const api::AuthorizationPolicy* p : aps) {
+    auto [it, fresh] = ap_by_name.emplace(std::make_pair(p->namespace_(), p->name()), p);
+    if (!fresh) {
+      *cfg->add_errors() = PolicyError(
+          "AuthorizationPolicy", p->namespace_(), p->name(), "metadata.name",
+          absl::StrCat("duplicate: already defined at ", it->second->source()), p->source());
+    }
+  }
+  for (const auto& [key, p] : ap_by_name) *cfg->add_authorization_policies() = *p;
+}
+
 }  // namespace
 
 api::NodeConfig MeshSnapshot::ForNode(const std::string& node) const {
@@ -74,7 +143,8 @@ api::NodeConfig MeshSnapshot::ForNode(const std::string& node) const {
   return c;
 }
 
-ConfigStore::ConfigStore(std::string trust_domain) : trust_domain_(std::move(trust_domain)) {}
+ConfigStore::ConfigStore(std::string trust_domain, std::string root_namespace)
+    : trust_domain_(std::move(trust_domain)), root_namespace_(std::move(root_namespace)) {}
 
 FileUpdate ConfigStore::UpdateFile(const std::string& name, std::string text) {
   FileState& f = files_[name];
@@ -113,6 +183,8 @@ bool ConfigStore::Rebuild() {
   std::vector<const NamespaceObj*> all_ns;
   std::vector<const PodObj*> all_pods;
   std::vector<const ServiceObj*> all_svcs;
+  std::vector<const api::PeerAuthentication*> all_pas;
+  std::vector<const api::AuthorizationPolicy*> all_aps;
   for (const auto& [name, f] : files_) {
     if (!f.parse_error.empty()) {
       api::ConfigError e;
@@ -130,6 +202,8 @@ bool ConfigStore::Rebuild() {
     for (const auto& n : f.good->namespaces) all_ns.push_back(&n);
     for (const auto& p : f.good->pods) all_pods.push_back(&p);
     for (const auto& s : f.good->services) all_svcs.push_back(&s);
+    for (const auto& p : f.good->peer_authentications) all_pas.push_back(&p);
+    for (const auto& p : f.good->authorization_policies) all_aps.push_back(&p);
   }
 
   // 2. Cross-object checks. On a conflict (same name, IP or VIP) an object
@@ -280,7 +354,41 @@ bool ConfigStore::Rebuild() {
   });
   for (auto& s : services) *cfg.add_services() = std::move(s);
 
-  // 5. Version: moves only when the content does.
+  // 5. Policies (Istio security kinds). Validated per document already; here
+  // duplicates and what Istio would silently ignore. A policy whose new
+  // version is invalid keeps its last good version serving (as a rejected
+  // kubectl apply would): dropping it could silently open access.
+  cfg.set_root_namespace(root_namespace_);
+  if (snapshot_) {
+    std::set<std::pair<std::string, std::string>> have_pa, have_ap;
+    for (const auto* p : all_pas) have_pa.emplace(p->namespace_(), p->name());
+    for (const auto* p : all_aps) have_ap.emplace(p->namespace_(), p->name());
+    for (api::ConfigError& e : *cfg.mutable_errors()) {
+      std::pair<std::string, std::string> key(e.namespace_(), e.name());
+      bool kept = false;
+      if (e.kind() == "PeerAuthentication" && !have_pa.count(key)) {
+        for (const auto& p : snapshot_->config.peer_authentications()) {
+          if (p.namespace_() == key.first && p.name() == key.second) {
+            all_pas.push_back(&p);
+            have_pa.insert(key);
+            kept = true;
+          }
+        }
+      } else if (e.kind() == "AuthorizationPolicy" && !have_ap.count(key)) {
+        for (const auto& p : snapshot_->config.authorization_policies()) {
+          if (p.namespace_() == key.first && p.name() == key.second) {
+            all_aps.push_back(&p);
+            have_ap.insert(key);
+            kept = true;
+          }
+        }
+      }
+      if (kept) e.set_message(absl::StrCat(e.message(), "; its last good version keeps serving"));
+    }
+  }
+  AddPolicies(all_pas, all_aps, root_namespace_, &cfg, &snap->warnings);
+
+  // 6. Version: moves only when the content does.
   bool changed = true;
   if (snapshot_) {
     api::NodeConfig prev = snapshot_->config;
@@ -326,8 +434,23 @@ std::vector<std::string> DescribeChanges(const MeshSnapshot* before, const MeshS
     for (const auto& s : c.services()) v.emplace_back(s.namespace_() + "/" + s.name(), &s);
     return v;
   };
+  auto peer_authns = [](const api::NodeConfig& c) {
+    std::vector<std::pair<std::string, const google::protobuf::Message*>> v;
+    for (const auto& p : c.peer_authentications())
+      v.emplace_back(p.namespace_() + "/" + p.name(), &p);
+    return v;
+  };
+  auto authz = [](const api::NodeConfig& c) {
+    std::vector<std::pair<std::string, const google::protobuf::Message*>> v;
+    for (const auto& p : c.authorization_policies()) {
+      v.emplace_back(p.namespace_() + "/" + p.name(), &p);
+    }
+    return v;
+  };
   diff("workload", workloads, workloads);
   diff("service", services, services);
+  diff("PeerAuthentication", peer_authns, peer_authns);
+  diff("AuthorizationPolicy", authz, authz);
   int before_errors = before ? before->config.errors_size() : 0;
   if (before_errors != after.config.errors_size()) {
     out.push_back(

@@ -37,7 +37,9 @@ enum class FileUpdate { kUnchanged, kUpdated, kParseFailed };
 
 class ConfigStore {
  public:
-  explicit ConfigStore(std::string trust_domain);
+  // `root_namespace`: Istio's meshConfig.rootNamespace, where policies
+  // without a selector apply mesh-wide (operator flag --root-namespace).
+  explicit ConfigStore(std::string trust_domain, std::string root_namespace = "istio-system");
 
   // New content for file `name`. When it does not parse, the file's last
   // good objects stay in use and the parse error is reported in the model.
@@ -54,6 +56,7 @@ class ConfigStore {
   bool Rebuild();
   std::shared_ptr<const MeshSnapshot> snapshot() const { return snapshot_; }
   const std::string& trust_domain() const { return trust_domain_; }
+  const std::string& root_namespace() const { return root_namespace_; }
 
  private:
   struct FileState {
@@ -62,6 +65,7 @@ class ConfigStore {
     std::string parse_error;         // set while `text` does not parse
   };
   std::string trust_domain_;
+  std::string root_namespace_;
   std::map<std::string, FileState> files_;  // ordered: deterministic output
   std::shared_ptr<const MeshSnapshot> snapshot_;
 };

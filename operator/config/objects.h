@@ -73,9 +73,15 @@ struct ParsedFile {
   std::vector<NamespaceObj> namespaces;
   std::vector<PodObj> pods;
   std::vector<ServiceObj> services;
+  // Istio security kinds, already in their mesh-model form (source set).
+  std::vector<api::PeerAuthentication> peer_authentications;
+  std::vector<api::AuthorizationPolicy> authorization_policies;
   std::vector<api::ConfigError> errors;    // rejected objects
   std::vector<api::ConfigError> warnings;  // accepted but ignored objects
-  size_t object_count() const { return namespaces.size() + pods.size() + services.size(); }
+  size_t object_count() const {
+    return namespaces.size() + pods.size() + services.size() + peer_authentications.size() +
+           authorization_policies.size();
+  }
 };
 
 // "Pod ns/name: field: message [source]" — one line for logs and CLIs.

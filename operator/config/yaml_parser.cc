@@ -8,6 +8,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "operator/config/names.h"
+#include "operator/config/policy_parser.h"
+#include "operator/config/yaml_doc.h"
 
 namespace weft::op {
 namespace {
@@ -15,9 +17,7 @@ namespace {
 // Kinds a user's mesh YAML contains that later milestones implement: accepted
 // and ignored with a warning so existing manifests load as they are.
 const std::set<std::string>& NotYetImplementedKinds() {
-  static const std::set<std::string> kinds = {"AuthorizationPolicy",
-                                              "PeerAuthentication",
-                                              "RequestAuthentication",
+  static const std::set<std::string> kinds = {"RequestAuthentication",
                                               "VirtualService",
                                               "DestinationRule",
                                               "ServiceEntry",
@@ -39,159 +39,8 @@ const std::set<std::string>& NotYetImplementedKinds() {
   return kinds;
 }
 
-std::string NodeTypeName(const YAML::Node& n) {
-  switch (n.Type()) {
-    case YAML::NodeType::Null:
-      return "null";
-    case YAML::NodeType::Scalar:
-      return "a scalar";
-    case YAML::NodeType::Sequence:
-      return "a list";
-    case YAML::NodeType::Map:
-      return "a mapping";
-    case YAML::NodeType::Undefined:
-      return "missing";
-  }
-  return "?";
-}
-
-// Collects the errors of one document; the first error rejects the object.
-class Doc {
- public:
-  Doc(const std::string& file, int doc, const YAML::Node& root, ParsedFile* out)
-      : root_(root), out_(out) {
-    src_.file = file;
-    src_.doc = doc;
-    src_.line = root.Mark().line;
-  }
-
-  void SetIdentity(std::string kind, std::string ns, std::string name) {
-    kind_ = std::move(kind);
-    ns_ = std::move(ns);
-    name_ = std::move(name);
-  }
-
-  void Error(const std::string& field, const std::string& msg, const YAML::Node* at = nullptr) {
-    api::ConfigError e;
-    e.set_kind(kind_);
-    e.set_namespace_(ns_);
-    e.set_name(name_);
-    e.set_field(field);
-    e.set_message(msg);
-    SourceRef where = src_;
-    if (at && at->IsDefined() && at->Mark().line >= 0) where.line = at->Mark().line;
-    e.set_source(where.str());
-    out_->errors.push_back(std::move(e));
-    failed_ = true;
-  }
-
-  void Warn(const std::string& msg) {
-    api::ConfigError e;
-    e.set_kind(kind_);
-    e.set_namespace_(ns_);
-    e.set_name(name_);
-    e.set_message(msg);
-    e.set_source(src_.str());
-    out_->warnings.push_back(std::move(e));
-  }
-
-  bool failed() const { return failed_; }
-  const SourceRef& src() const { return src_; }
-  const YAML::Node& root() const { return root_; }
-
-  // Child `key` of mapping `parent` (field path `path` for messages).
-  // Undefined when absent or null.
-  YAML::Node Child(const YAML::Node& parent, const char* key) {
-    if (!parent.IsDefined() || !parent.IsMap()) return YAML::Node(YAML::NodeType::Undefined);
-    YAML::Node n = parent[key];
-    if (!n.IsDefined() || n.IsNull()) return YAML::Node(YAML::NodeType::Undefined);
-    return n;
-  }
-
-  // Optional string; returns false (and records an error) when present but
-  // not a scalar.
-  bool String(const YAML::Node& parent, const char* key, const std::string& path,
-              std::string* out) {
-    YAML::Node n = Child(parent, key);
-    if (!n.IsDefined()) return true;
-    if (!n.IsScalar()) {
-      Error(path, absl::StrCat("must be a string, found ", NodeTypeName(n)), &n);
-      return false;
-    }
-    *out = n.Scalar();
-    return true;
-  }
-
-  bool RequiredString(const YAML::Node& parent, const char* key, const std::string& path,
-                      std::string* out) {
-    YAML::Node n = Child(parent, key);
-    if (!n.IsDefined()) {
-      Error(path, "is required");
-      return false;
-    }
-    if (!String(parent, key, path, out)) return false;
-    if (out->empty()) {
-      Error(path, "must not be empty", &n);
-      return false;
-    }
-    return true;
-  }
-
-  // A string -> string mapping such as labels or a selector.
-  bool StringMap(const YAML::Node& parent, const char* key, const std::string& path, Labels* out,
-                 bool* present = nullptr) {
-    YAML::Node n = Child(parent, key);
-    if (present) *present = n.IsDefined();
-    if (!n.IsDefined()) return true;
-    if (!n.IsMap()) {
-      Error(path, absl::StrCat("must be a mapping of strings, found ", NodeTypeName(n)), &n);
-      return false;
-    }
-    for (const auto& kv : n) {
-      if (!kv.first.IsScalar()) {
-        Error(path, "keys must be strings", &kv.first);
-        return false;
-      }
-      const std::string& k = kv.first.Scalar();
-      if (kv.second.IsNull()) {
-        (*out)[k] = "";
-        continue;
-      }
-      if (!kv.second.IsScalar()) {
-        Error(absl::StrCat(path, ".", k),
-              absl::StrCat("must be a string, found ", NodeTypeName(kv.second)), &kv.second);
-        return false;
-      }
-      (*out)[k] = kv.second.Scalar();
-    }
-    return true;
-  }
-
-  // A plain (unquoted) integer scalar in [lo, hi].
-  bool Int(const YAML::Node& n, const std::string& path, int64_t lo, int64_t hi, uint32_t* out) {
-    int64_t v = 0;
-    if (!n.IsScalar() || n.Tag() == "!" || !absl::SimpleAtoi(n.Scalar(), &v)) {
-      Error(path,
-            absl::StrCat("must be an integer, found ",
-                         n.IsScalar() ? absl::StrCat("\"", n.Scalar(), "\"") : NodeTypeName(n)),
-            &n);
-      return false;
-    }
-    if (v < lo || v > hi) {
-      Error(path, absl::StrCat(v, " is out of range ", lo, "-", hi), &n);
-      return false;
-    }
-    *out = static_cast<uint32_t>(v);
-    return true;
-  }
-
- private:
-  YAML::Node root_;
-  ParsedFile* out_;
-  SourceRef src_;
-  std::string kind_, ns_, name_;
-  bool failed_ = false;
-};
+using internal::Doc;
+using internal::NodeTypeName;
 
 bool CheckName(Doc& d, const std::string& field, const std::string& value, bool label_only) {
   std::string why = label_only ? CheckDnsLabel(value) : CheckDnsSubdomain(value);
@@ -466,13 +315,26 @@ void ParseDocument(const YAML::Node& root, const std::string& file, int index, P
     if (kind == "Service") ParseService(d, meta, ns, name, out);
     return;
   }
+  if (kind == "PeerAuthentication" || kind == "AuthorizationPolicy") {
+    if (api_version != "security.istio.io/v1" && api_version != "security.istio.io/v1beta1") {
+      d.Error("apiVersion", absl::StrCat("\"", api_version, "\" is not valid for ", kind,
+                                         " (expected \"security.istio.io/v1\" or "
+                                         "\"security.istio.io/v1beta1\")"));
+      return;
+    }
+    if (!CheckName(d, "metadata.name", name, /*label_only=*/false)) return;
+    if (kind == "PeerAuthentication") ParsePeerAuthentication(d, meta, ns, name, out);
+    if (kind == "AuthorizationPolicy") ParseAuthorizationPolicy(d, meta, ns, name, out);
+    return;
+  }
   if (NotYetImplementedKinds().count(kind)) {
     d.Warn(absl::StrCat(kind, " (", api_version,
                         ") is recognised but not implemented yet by weft; ignored"));
     return;
   }
   d.Error("kind", absl::StrCat("unknown kind \"", kind, "\" (apiVersion ", api_version,
-                               "); supported: Namespace, Pod, Service"));
+                               "); supported: Namespace, Pod, Service, PeerAuthentication, "
+                               "AuthorizationPolicy"));
 }
 
 }  // namespace

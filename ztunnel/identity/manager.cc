@@ -1,5 +1,6 @@
 #include "ztunnel/identity/manager.h"
 
+#include <algorithm>
 #include <climits>
 
 #include "absl/strings/str_cat.h"
@@ -78,6 +79,10 @@ absl::Status IdentityManager::OnCertIssued(const api::CertIssued& msg, int64_t n
     return fail(absl::StrCat("issued chain does not verify against the roots sent with it: ",
                              st.message()));
   }
+  // Every root of the bundle is trusted (during a root rotation the operator
+  // sends the old and the new root); counted here for the log line.
+  absl::StatusOr<std::vector<bssl::UniquePtr<X509>>> roots = ParsePemCerts(r.root_pem());
+  if (!roots.ok()) return fail(absl::StrCat("mesh roots: ", roots.status().message()));
   auto bundle = std::make_shared<IdentityBundle>();
   bundle->cert = *cert;
   bundle->roots_pem = r.root_pem();
@@ -87,15 +92,22 @@ absl::Status IdentityManager::OnCertIssued(const api::CertIssued& msg, int64_t n
   if (!cctx.ok()) return fail(std::string(cctx.status().message()));
   bundle->server_ctx = std::move(*sctx);
   bundle->client_ctx = std::move(*cctx);
+  // Half-life counts from when the certificate arrived, not from its
+  // notBefore: the CA backdates notBefore (clock skew between nodes), and
+  // with a short lifetime the backdate is a large part of the validity (a
+  // 2-minute certificate backdated by 60 s would otherwise be renewed 30 s
+  // after it arrived, i.e. at a quarter of the lifetime it was issued for).
   int64_t nb = (*cert)->not_before, na = (*cert)->not_after;
-  e->renew_at = nb + (na - nb) / 2;
+  int64_t start = std::max(nb, now);
+  e->renew_at = start + (na - start) / 2;
   if (e->renew_at <= now) e->renew_at = now + 1;  // never spin
   e->due = e->renew_at;
   e->last_error.clear();
   e->bundle = std::move(bundle);
   roots_pem_ = r.root_pem();
   WEFT_LOG_INFO("certificate for ", id, " installed, serial ", (*cert)->serial_hex, ", expires in ",
-                na - now, "s, renewal in ", e->renew_at - now, "s");
+                na - now, "s, renewal in ", e->renew_at - now, "s, ", roots->size(),
+                " trusted root(s)");
   return absl::OkStatus();
 }
 

@@ -1,6 +1,11 @@
 // Workload certificates: one P-256 key + certificate per SPIFFE identity of
 // a local enrolled workload, requested over the node socket and renewed at
-// half-life.
+// half-life (half of the lifetime left when the certificate arrived).
+//
+// Trust: each answer carries the mesh trust bundle (one or more roots, PEM);
+// the contexts of that answer trust every root in it. During a root rotation
+// the operator sends old + new roots, so peers signed by either verify; the
+// bundle each identity trusts changes only when that identity renews.
 //
 // Thread model: the node-socket thread drives requests (Want, TakeDueRequests,
 // OnCertIssued, OnDisconnected); the loop thread reads contexts (Get); the
@@ -26,7 +31,7 @@ struct IdentityBundle {
   std::shared_ptr<const WorkloadCert> cert;
   bssl::UniquePtr<SSL_CTX> server_ctx;
   bssl::UniquePtr<SSL_CTX> client_ctx;
-  std::string roots_pem;
+  std::string roots_pem;  // trust bundle of this answer: every root in it is trusted
 };
 
 struct CertStatus {

@@ -199,3 +199,49 @@ TEST_CASE("CA: bad CSRs are rejected with the reason", "[ca]") {
     CHECK_THAT(std::string(r.status().message()), Catch::Contains("lifetime"));
   }
 }
+
+TEST_CASE("CA: extra trusted roots go out in every trust bundle (root rotation)", "[ca]") {
+  // Two self-made roots: same subject, different keys (what a rotation of
+  // the default root looks like). Leaves name their issuer's key (AKI), so a
+  // verifier holding both picks the right one.
+  t::TempDir old_dir, new_dir;
+  auto old_ca = CertificateAuthority::LoadOrCreate(old_dir.path());
+  auto new_ca = CertificateAuthority::LoadOrCreate(new_dir.path());
+  REQUIRE(old_ca.ok());
+  REQUIRE(new_ca.ok());
+  CHECK((*new_ca)->trusted_root_count() == 1);
+  CHECK((*new_ca)->trust_bundle_pem() == (*new_ca)->root_pem());
+
+  REQUIRE((*new_ca)->AddTrustedRoots(old_dir / "ca/root.pem").ok());
+  CHECK((*new_ca)->trusted_root_count() == 2);
+  const std::string bundle = (*new_ca)->trust_bundle_pem();
+  CHECK(bundle == (*new_ca)->root_pem() + (*old_ca)->root_pem());
+  // Adding a root twice, or the signing root, changes nothing.
+  REQUIRE((*new_ca)->AddTrustedRoots(old_dir / "ca/root.pem").ok());
+  REQUIRE((*new_ca)->AddTrustedRoots(new_dir / "ca/root.pem").ok());
+  CHECK((*new_ca)->trust_bundle_pem() == bundle);
+
+  t::Pkey key = t::EcKey();
+  std::string csr = t::MakeCsr(key.get(), key.get());
+  auto fresh = (*new_ca)->SignCsr(csr, kId, absl::Minutes(2));
+  auto stale = (*old_ca)->SignCsr(csr, kId, absl::Minutes(2));
+  REQUIRE(fresh.ok());
+  REQUIRE(stale.ok());
+  CHECK(fresh->root_pem == bundle);  // the bundle goes out with each certificate
+  // During the overlap both verify against the bundle; after it (new root
+  // alone) the old root's leaf does not.
+  CHECK(t::VerifyChain(fresh->cert_chain_pem, bundle) == "");
+  CHECK(t::VerifyChain(stale->cert_chain_pem, bundle) == "");
+  CHECK(t::VerifyChain(fresh->cert_chain_pem, (*new_ca)->root_pem()) == "");
+  CHECK(t::VerifyChain(stale->cert_chain_pem, (*new_ca)->root_pem()) != "");
+
+  // Bad files are refused with the reason and change nothing.
+  t::WriteFile(new_dir / "leaf.pem", fresh->cert_chain_pem);
+  absl::Status st = (*new_ca)->AddTrustedRoots(new_dir / "leaf.pem");
+  CHECK_THAT(std::string(st.message()), Catch::Contains("is not a CA"));
+  t::WriteFile(new_dir / "empty.pem", "");
+  st = (*new_ca)->AddTrustedRoots(new_dir / "empty.pem");
+  CHECK_THAT(std::string(st.message()), Catch::Contains("no PEM certificate"));
+  CHECK_FALSE((*new_ca)->AddTrustedRoots(new_dir / "missing.pem").ok());
+  CHECK((*new_ca)->trust_bundle_pem() == bundle);
+}

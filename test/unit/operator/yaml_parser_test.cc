@@ -61,9 +61,9 @@ spec:
   - {name: http, port: 80, targetPort: http}
   - {name: admin, port: 9000, targetPort: 9001, protocol: TCP}
 ---
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: allow, namespace: shop}
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: shop}
 spec: {}
 )";
   auto parsed = ParseConfigFile(yaml, "good.yaml");
@@ -91,7 +91,7 @@ spec: {}
   CHECK(svc.ports[1].protocol == "TCP");
   // Known-later kinds are accepted and ignored with a warning, not an error.
   REQUIRE(parsed->warnings.size() == 1);
-  CHECK(parsed->warnings[0].kind() == "AuthorizationPolicy");
+  CHECK(parsed->warnings[0].kind() == "VirtualService");
   CHECK_THAT(parsed->warnings[0].message(), Catch::Contains("not implemented yet"));
 }
 
@@ -119,7 +119,7 @@ TEST_CASE("YAML: unknown kind is an error naming the kind", "[yaml]") {
   CHECK(e.source() == "t.yaml:1, document 1");
   CHECK(FormatConfigError(e) ==
         "Deployment shop/web: kind: unknown kind \"Deployment\" (apiVersion apps/v1); supported: "
-        "Namespace, Pod, Service [t.yaml:1, document 1]");
+        "Namespace, Pod, Service, PeerAuthentication, AuthorizationPolicy [t.yaml:1, document 1]");
 }
 
 TEST_CASE("YAML: pod without IP, with a bad IP", "[yaml]") {
