@@ -29,6 +29,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "agent/pod_routing.h"
 #include "common/log.h"
 #include "common/netns.h"
 #include "weft_bpf.h"
@@ -607,6 +608,12 @@ absl::Status BpfManager::Enroll(uint64_t netns_cookie, int netns_fd, const std::
   struct stat ns_st;
   if (fstat(netns_fd, &ns_st) != 0) {
     return absl::InvalidArgumentError(absl::StrCat("fstat netns fd: ", Errno(errno)));
+  }
+  // Before anything is redirected: ztunnel may connect to the app with the
+  // client's IP (WEFT_TPROXY_MARK) as soon as the pod is enrolled.
+  if (absl::Status s = SetupTransparentReturnPath(netns_fd); !s.ok()) {
+    return absl::Status(s.code(),
+                        absl::StrCat("pod ", pod_ip, " (netns ", netns_cookie, "): ", s.message()));
   }
 
   std::lock_guard<std::mutex> lock(mu_);

@@ -37,6 +37,12 @@ static __always_inline bool is_local_v4(__u32 ip4_be) {
   return (ip >> 24) == 127 || ip == 0;
 }
 
+// ztunnel's own sockets in a pod netns: its HBONE and passthrough connects and
+// its connections to the app (plain, or transparent with the client's IP).
+static __always_inline bool is_ztunnel_mark(__u32 mark) {
+  return mark == WEFT_ZTUNNEL_MARK || mark == WEFT_TPROXY_MARK;
+}
+
 // ---------------------------------------------------------------------------
 // cgroup/connect4: capture an enrolled pod's outbound TCP connects.
 SEC("cgroup/connect4")
@@ -50,7 +56,7 @@ int weft_connect4(struct bpf_sock_addr* ctx) {
   // connects) carry the mark; redirecting them would loop into 15001.
   struct bpf_sock* sk = ctx->sk;
   if (!sk) return 1;
-  if (sk->mark == WEFT_ZTUNNEL_MARK) return 1;
+  if (is_ztunnel_mark(sk->mark)) return 1;
 
   struct weft_orig_dst orig = {};
   v4_mapped(&orig.dst.addr, ctx->user_ip4);
@@ -94,7 +100,7 @@ static __always_inline void tuple_key_v4(struct bpf_sock_ops* skops, struct weft
 static __always_inline void on_connect(struct bpf_sock_ops* skops) {
   if (skops->family != AF_INET) return;
   struct bpf_sock* sk = skops->sk;
-  if (!sk || sk->mark != WEFT_ZTUNNEL_MARK) return;
+  if (!sk || !is_ztunnel_mark(sk->mark)) return;
   __u64 netns = bpf_get_netns_cookie(skops);
   if (!bpf_map_lookup_elem(&enrolled, &netns)) return;
   struct weft_tuple_key t = {};
@@ -108,7 +114,7 @@ static __always_inline void on_active_established(struct bpf_sock_ops* skops) {
   // ztunnel's: established sockets are found before sk_lookup runs, the
   // tuple is no longer needed.
   struct bpf_sock* sk = skops->sk;
-  if (sk && sk->mark == WEFT_ZTUNNEL_MARK) {
+  if (sk && is_ztunnel_mark(sk->mark)) {
     struct weft_tuple_key t = {};
     tuple_key_v4(skops, &t);
     bpf_map_delete_elem(&ztunnel_syns, &t);

@@ -16,6 +16,18 @@
 // ztunnel sets SO_MARK to this on every socket it creates in a pod netns;
 // connect4 never redirects such sockets.
 #define WEFT_ZTUNNEL_MARK 0x539
+// ztunnel's connection to the app that carries the client's source IP
+// (IP_TRANSPARENT, bound to the client's address). connect4 and sockops treat
+// it like WEFT_ZTUNNEL_MARK. The agent sets up each enrolled pod netns so the
+// app's replies to such a connection come back to ztunnel's socket instead of
+// leaving through eth0: net.ipv4.tcp_fwmark_accept=1 (the app's accepted
+// socket inherits this mark from the SYN) plus a policy rule
+// `fwmark WEFT_TPROXY_MARK/WEFT_TPROXY_MARK_MASK lookup WEFT_TPROXY_TABLE`
+// and `local 0.0.0.0/0 dev lo` in that table.
+#define WEFT_TPROXY_MARK 0x53a
+#define WEFT_TPROXY_MARK_MASK 0xfff
+#define WEFT_TPROXY_TABLE 1338      // routing table holding `local 0.0.0.0/0 dev lo`
+#define WEFT_TPROXY_RULE_PRIO 1338  // before main (32766), after local (0)
 
 // Ports ztunnel listens on inside each enrolled pod netns.
 #define WEFT_PORT_OUTBOUND 15001       // 127.0.0.1: redirected outbound connects

@@ -88,4 +88,31 @@ absl::StatusOr<UniqueFd> CreateTcpSocketInNetns(int netns_fd, uint32_t mark) {
   return s;
 }
 
+absl::StatusOr<UniqueFd> CreateTransparentSocketInNetns(int netns_fd, Ip4Port src, uint32_t mark) {
+  if (mark == 0) {
+    return absl::InvalidArgumentError(
+        "transparent socket without a mark: the app's replies would not come back");
+  }
+  absl::StatusOr<UniqueFd> s = absl::InternalError("not run");
+  absl::Status st = InNetns(netns_fd, [&] { s = NewTcpSocket(mark); });
+  if (!st.ok()) return st;
+  if (!s.ok()) return s;
+  int one = 1;
+  if (setsockopt(s->get(), SOL_IP, IP_TRANSPARENT, &one, sizeof one) != 0) {
+    return absl::PermissionDeniedError(absl::StrCat("setsockopt IP_TRANSPARENT: ", strerror(errno),
+                                                    " (needs CAP_NET_ADMIN or CAP_NET_RAW)"));
+  }
+  if (src.port == 0) {
+    // Pick the port at connect() by the full 4-tuple, not at bind() by
+    // (client IP, port) alone: many connections share one client IP.
+    setsockopt(s->get(), SOL_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+  }
+  sockaddr_in sa = ToSockaddr(src);
+  if (bind(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+    return absl::UnavailableError(
+        absl::StrCat("bind transparent socket to client ", FormatAddr(src), ": ", strerror(errno)));
+  }
+  return s;
+}
+
 }  // namespace weft::ztunnel

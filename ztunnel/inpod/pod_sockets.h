@@ -15,6 +15,10 @@
 namespace weft::ztunnel {
 
 inline constexpr uint32_t kZtunnelMark = 0x539;  // WEFT_ZTUNNEL_MARK in bpf/include/weft_bpf.h
+// Marks ztunnel's transparent connections to the app (WEFT_TPROXY_MARK): the
+// agent routes packets with this mark to the pod's loopback, so the app's
+// replies to the client's (non-local) address come back to ztunnel.
+inline constexpr uint32_t kTransparentMark = 0x53a;
 
 struct ListenerPorts {
   uint16_t outbound = 15001;       // on 127.0.0.1 (0 = ephemeral, for tests)
@@ -41,5 +45,15 @@ absl::StatusOr<PodSockets> CreatePodListeners(int netns_fd, uint32_t pod_ip,
 // A TCP socket (not connected) created inside `netns_fd`, marked with `mark`
 // (0 = unmarked).
 absl::StatusOr<UniqueFd> CreateTcpSocketInNetns(int netns_fd, uint32_t mark);
+
+// A TCP socket (not connected) created inside `netns_fd` for ztunnel's
+// connection to the app that shows the app the client's address: marked
+// `mark`, IP_TRANSPARENT, bound to `src` (the client's IP; src.port 0 picks a
+// free port at connect(), IP_BIND_ADDRESS_NO_PORT). Connect it to the app's
+// podIP:port as usual. Needs CAP_NET_ADMIN, and the agent's per-netns return
+// path (agent/pod_routing.h), which matches kTransparentMark only: with any
+// other mark the app's replies leave through eth0 and the connect times out.
+absl::StatusOr<UniqueFd> CreateTransparentSocketInNetns(int netns_fd, Ip4Port src,
+                                                        uint32_t mark = kTransparentMark);
 
 }  // namespace weft::ztunnel
