@@ -2,7 +2,9 @@
 """Servers and clients that run inside test-bed pods (Python 3 stdlib only).
 
 serve: an HTTP server (the pod's directory: index.html carries the pod name and
-       a random token) and a line echo server, both bound to the pod IP.
+       a random token; GET /peer answers "peer IP:PORT", the client address it
+       sees; GET /slow?ms=N answers "slow" after N ms, to hold many requests
+       open at once) and a line echo server, both bound to the pod IP.
 hold:  a long-lived TCP client: sends "ping N" every --interval seconds and
        expects the echo back; prints one line per round trip, and a final JSON
        summary line when --stop-file appears, --duration passes or on error.
@@ -44,10 +46,30 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, fmt, *args):
         print("http: %s %s" % (self.client_address[0], fmt % args), flush=True)
 
+    def do_GET(self):
+        # /peer: the address this server sees the client connect from (what the app sees
+        # through the mesh: the client pod's IP, or ztunnel's).
+        path, _, query = self.path.partition("?")
+        if path in ("/peer", "/slow"):
+            if path == "/slow":
+                ms = dict(kv.partition("=")[::2] for kv in query.split("&")).get("ms", "0")
+                time.sleep(min(int(ms) if ms.isdigit() else 0, 30000) / 1000.0)
+                body = b"slow\n"
+            else:
+                body = ("peer %s:%d\n" % self.client_address[:2]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        super().do_GET()
+
 
 def serve(args):
     handler = lambda *a, **kw: QuietHandler(*a, directory=args.dir, **kw)  # noqa: E731
     http.server.ThreadingHTTPServer.allow_reuse_address = True
+    http.server.ThreadingHTTPServer.request_queue_size = 256  # bursts of 100 clients
     httpd = http.server.ThreadingHTTPServer((args.ip, args.http), handler)
     httpd.daemon_threads = True
     servers = [httpd]

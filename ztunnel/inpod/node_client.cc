@@ -177,6 +177,8 @@ absl::Status NodeClient::HandleConfig(const api::NodeConfig& cfg) {
   state_->Set(s);
   WEFT_LOG_INFO("config v", cfg.version(), ": ", cfg.workloads_size(), " workloads, ",
                 cfg.services_size(), " services");
+  // Policy may have changed: open inbound connections are judged again.
+  loop_->Post([p = proxy_] { p->RecheckInboundPolicy(); });
   WantIdentities();
   return absl::OkStatus();
 }

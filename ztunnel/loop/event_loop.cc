@@ -1,6 +1,7 @@
 #include "ztunnel/loop/event_loop.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -292,6 +293,45 @@ void EventLoop::Close(SocketId id) {
   MaybeFinishClose(idx);
 }
 
+void EventLoop::PollIn(SocketId id) {
+  Slot* s = Lookup(id);
+  if (!s || s->poll_in_armed) return;
+  io_uring_sqe* sqe = GetSqe();
+  io_uring_prep_poll_add(sqe, s->fd, POLLIN);
+  io_uring_sqe_set_data64(sqe, Pack(Op::kPollIn, uint32_t(id), s->gen));
+  s->poll_in_armed = true;
+  ++s->inflight;
+}
+
+void EventLoop::PollOut(SocketId id) {
+  Slot* s = Lookup(id);
+  if (!s || s->poll_out_armed) return;
+  io_uring_sqe* sqe = GetSqe();
+  io_uring_prep_poll_multishot(sqe, s->fd, POLLOUT);
+  io_uring_sqe_set_data64(sqe, Pack(Op::kPollOut, uint32_t(id), s->gen));
+  s->poll_out_armed = true;
+  ++s->inflight;
+}
+
+void EventLoop::OnPollCqe(uint32_t idx, bool out, int res, uint32_t flags) {
+  Slot& s = slots_[idx];
+  // A multishot poll stays in flight while the kernel says more will come.
+  bool ended = !(flags & IORING_CQE_F_MORE);
+  if (ended) {
+    (out ? s.poll_out_armed : s.poll_in_armed) = false;
+    --s.inflight;
+  }
+  if (s.closing) {
+    if (ended) MaybeFinishClose(idx);
+    return;
+  }
+  // A negative result (cannot happen for a live socket short of -ECANCELED)
+  // is reported as an error condition so the handler retries its I/O and
+  // sees the real errno there.
+  uint32_t revents = res >= 0 ? uint32_t(res) : uint32_t(POLLERR);
+  if (s.handler) s.handler->OnPoll(IdOf(idx), revents);
+}
+
 void EventLoop::MaybeFinishClose(uint32_t idx) {
   Slot& s = slots_[idx];
   if (!s.closing || s.inflight > 0) return;
@@ -349,6 +389,10 @@ void EventLoop::Dispatch(uint64_t ud, int res, uint32_t flags) {
       break;
     case Op::kCancel:
       OpDone(idx);
+      break;
+    case Op::kPollIn:
+    case Op::kPollOut:
+      OnPollCqe(idx, op == Op::kPollOut, res, flags);
       break;
     case Op::kWake:
       break;

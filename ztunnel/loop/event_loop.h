@@ -62,6 +62,10 @@ class SocketHandler {
   virtual void OnSendError(SocketId id, int err) = 0;
   // The send queue of `id` became empty.
   virtual void OnDrained(SocketId id) {}
+  // A PollIn()/PollOut() completed: `revents` as io_uring reports them. It
+  // may hold neither the event asked for nor an error (e.g. only POLLRDHUP):
+  // treat it as "something changed, try the I/O again".
+  virtual void OnPoll(SocketId id, uint32_t revents) {}
 };
 
 struct LoopOptions {
@@ -120,6 +124,17 @@ class EventLoop {
   void ShutdownWrite(SocketId id);
   // Cancels everything on the socket and closes it; no more callbacks.
   void Close(SocketId id);
+  // Readiness for handlers that do their own I/O on the fd (splice):
+  // OnPoll(id, revents) follows. Both check readiness when armed, so arming
+  // after EAGAIN never misses an edge; a second call while armed is a no-op.
+  // - PollIn: one-shot; re-arm after each OnPoll if still needed.
+  // - PollOut: multishot, stays armed until Close (or an error ends it) and
+  //   reports each later wake-up. Not one-shot because io_uring always
+  //   reports POLLRDHUP: once the peer has half-closed, a one-shot POLLOUT
+  //   poll on a full socket would complete at once every time it is armed
+  //   (a busy loop); armed once, it completes on real wake-ups only.
+  void PollIn(SocketId id);
+  void PollOut(SocketId id);
 
   // One-shot timer on the loop thread. Cancelling a fired or unknown timer
   // is a no-op.
@@ -131,7 +146,16 @@ class EventLoop {
   bool defer_taskrun() const { return defer_taskrun_; }
 
  private:
-  enum class Op : uint8_t { kAccept = 1, kRecv, kSend, kConnect, kCancel, kWake };
+  enum class Op : uint8_t {
+    kAccept = 1,
+    kRecv,
+    kSend,
+    kConnect,
+    kCancel,
+    kWake,
+    kPollIn,
+    kPollOut
+  };
   struct Slot {
     int fd = -1;
     uint32_t gen = 1;
@@ -145,6 +169,8 @@ class EventLoop {
     bool recv_done = false;  // EOF or error seen; never re-arm
     bool send_inflight = false;
     bool shutdown_after_flush = false;
+    bool poll_in_armed = false;
+    bool poll_out_armed = false;
     std::deque<std::string> sendq;
     size_t send_off = 0;  // into sendq.front()
     size_t pending = 0;
@@ -167,6 +193,7 @@ class EventLoop {
   void OnRecvCqe(uint32_t idx, int res, uint32_t flags);
   void OnSendCqe(uint32_t idx, int res);
   void OnConnectCqe(uint32_t idx, int res);
+  void OnPollCqe(uint32_t idx, bool out, int res, uint32_t flags);
   void OpDone(uint32_t idx);
   void MaybeFinishClose(uint32_t idx);
   void RecycleBuffer(uint16_t bid);

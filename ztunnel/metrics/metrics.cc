@@ -69,7 +69,46 @@ std::string Metrics::Render() const {
                       ((*c).*(f.field)).load(std::memory_order_relaxed), "\n");
     }
   }
+  absl::StrAppend(&out,
+                  "# HELP weft_tls_handshakes_total TLS handshakes of HBONE connections "
+                  "(role client: outbound, server: inbound).\n"
+                  "# TYPE weft_tls_handshakes_total counter\n");
+  for (bool client : {true, false}) {
+    for (bool ok : {true, false}) {
+      absl::StrAppend(&out, "weft_tls_handshakes_total{role=\"", client ? "client" : "server",
+                      "\",result=\"", ok ? "success" : "failure", "\"} ", handshakes(client, ok),
+                      "\n");
+    }
+  }
+  absl::StrAppend(&out,
+                  "# HELP weft_hbone_pool_connections Outbound HBONE connections in the pool.\n"
+                  "# TYPE weft_hbone_pool_connections gauge\nweft_hbone_pool_connections ",
+                  pool_connections_.load(std::memory_order_relaxed), "\n");
+  absl::StrAppend(&out,
+                  "# HELP weft_policy_denials_total Inbound connections refused by "
+                  "PeerAuthentication or AuthorizationPolicy.\n"
+                  "# TYPE weft_policy_denials_total counter\n");
+  for (const auto& [key, n] : denials_) {
+    const auto& [ns, workload, check] = key;
+    absl::StrAppend(&out, "weft_policy_denials_total{destination_workload=\"",
+                    EscapeLabelValue(workload), "\",destination_workload_namespace=\"",
+                    EscapeLabelValue(ns), "\",policy=\"", EscapeLabelValue(check), "\"} ", n,
+                    "\n");
+  }
   return out;
+}
+
+void Metrics::CountDenial(const std::string& dst_namespace, const std::string& dst_workload,
+                          const std::string& check) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++denials_[{dst_namespace, dst_workload, check}];
+}
+
+uint64_t Metrics::denials(const std::string& dst_namespace, const std::string& dst_workload,
+                          const std::string& check) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = denials_.find({dst_namespace, dst_workload, check});
+  return it == denials_.end() ? 0 : it->second;
 }
 
 }  // namespace weft::ztunnel

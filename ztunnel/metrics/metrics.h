@@ -49,9 +49,31 @@ class Metrics {
   // Prometheus text format 0.0.4. Any thread.
   std::string Render() const;
 
+  // TLS handshakes of HBONE connections: `client` for outbound ones, `ok`
+  // when the peer was verified. Any thread.
+  void CountHandshake(bool client, bool ok) {
+    handshakes_[client ? 1 : 0][ok ? 1 : 0].fetch_add(1, std::memory_order_relaxed);
+  }
+  uint64_t handshakes(bool client, bool ok) const {
+    return handshakes_[client ? 1 : 0][ok ? 1 : 0].load(std::memory_order_relaxed);
+  }
+  // Outbound HBONE connections in the pool now. Any thread.
+  void SetPoolConnections(size_t n) { pool_connections_.store(n, std::memory_order_relaxed); }
+
+  // An inbound connection refused by policy at the destination ztunnel.
+  // `check` is "peer_authentication" or "authorization_policy". Any thread
+  // (denials are rare: a locked map is fine).
+  void CountDenial(const std::string& dst_namespace, const std::string& dst_workload,
+                   const std::string& check);
+  uint64_t denials(const std::string& dst_namespace, const std::string& dst_workload,
+                   const std::string& check) const;
+
  private:
+  std::atomic<uint64_t> handshakes_[2][2] = {};
+  std::atomic<uint64_t> pool_connections_{0};
   mutable std::mutex mu_;
   std::map<TcpLabels, std::unique_ptr<TcpCounters>> tcp_;
+  std::map<std::tuple<std::string, std::string, std::string>, uint64_t> denials_;
 };
 
 // Escapes a label value per the exposition format (\\, \", \n).

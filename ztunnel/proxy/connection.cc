@@ -41,15 +41,25 @@ std::string ConnectionTracker::AccessLogLine(const ConnectionRecord& rec,
   return j.dump();
 }
 
+namespace {
+void WriteAccessLog(const ConnectionRecord& rec, const std::string& reason) {
+  std::string line = ConnectionTracker::AccessLogLine(rec, reason);
+  line.push_back('\n');
+  fwrite(line.data(), 1, line.size(), stderr);
+}
+}  // namespace
+
 void ConnectionTracker::Close(uint64_t id, const std::string& reason) {
   auto it = conns_.find(id);
   if (it == conns_.end()) return;
   const ConnectionRecord& rec = *it->second;
   if (rec.counters) rec.counters->closed.fetch_add(1, std::memory_order_relaxed);
-  std::string line = AccessLogLine(rec, reason);
-  line.push_back('\n');
-  fwrite(line.data(), 1, line.size(), stderr);
+  WriteAccessLog(rec, reason);
   conns_.erase(it);
+}
+
+void ConnectionTracker::LogRefused(const ConnectionRecord& rec, const std::string& reason) {
+  WriteAccessLog(rec, reason);
 }
 
 std::vector<ConnectionRecord> ConnectionTracker::Snapshot() const {

@@ -35,6 +35,9 @@ struct ConnectionRecord {
   uint64_t bytes_received = 0;
   std::chrono::steady_clock::time_point start;
   TcpCounters* counters = nullptr;
+  // The object relaying it, for closing it from outside (policy re-check of
+  // inbound connections); null when nothing can.
+  class ProxiedConn* owner = nullptr;
 
   // Both directions also feed the Istio counters (received = request bytes
   // from the client, sent = response bytes towards it).
@@ -57,7 +60,14 @@ class ConnectionTracker {
   // Access log line (JSON, stderr), closed counter, forget. `reason` is "" for
   // a clean close. Unknown ids are ignored.
   void Close(uint64_t id, const std::string& reason);
+  // Access log line for a connection refused before it was opened (policy):
+  // no counters move.
+  void LogRefused(const ConnectionRecord& rec, const std::string& reason);
   std::vector<ConnectionRecord> Snapshot() const;
+  template <typename F>
+  void ForEach(F&& f) const {
+    for (const auto& [id, rec] : conns_) f(*rec);
+  }
   size_t size() const { return conns_.size(); }
 
   // The access-log JSON for one record (exposed for tests).

@@ -15,21 +15,40 @@ constexpr uint32_t kInternal = 2;  // INTERNAL_ERROR
 constexpr size_t kTakeChunk = 64 * 1024;
 }  // namespace
 
-absl::StatusOr<HboneConn*> HboneConn::NewClient(Proxy* proxy, UniqueFd sock, const Ip4Port& peer,
-                                                SSL_CTX* client_ctx,
-                                                const std::string& expected_peer_id) {
-  auto tls = TlsConn::NewClient(client_ctx, expected_peer_id);
+absl::StatusOr<HboneConn*> HboneConn::NewClient(Proxy* proxy, UniqueFd sock, const PoolKey& key,
+                                                std::shared_ptr<const IdentityBundle> bundle) {
+  auto tls = TlsConn::NewClient(bundle->client_ctx.get(), key.dst_id);
   if (!tls.ok()) return tls.status();
   std::unique_ptr<HboneConn> c(new HboneConn(proxy, true));
   c->tls_ = std::move(*tls);
-  c->peer_ = peer;
+  c->peer_ = key.dst;
+  c->pool_key_ = key;
+  c->pooled_ = true;
+  c->bundle_ = std::move(bundle);
   if (absl::Status st = c->InitClientSession(); !st.ok()) return st;
   HboneConn* p = proxy->Adopt(std::move(c));
   EventLoop* loop = proxy->loop();
   p->sock_ = loop->Register(sock.release(), p);
   p->StartHandshakeTimer();
-  loop->Connect(p->sock_, ToSockaddr(peer));
+  loop->Connect(p->sock_, ToSockaddr(key.dst));
   return p;
+}
+
+bool HboneConn::CanTakeTunnel(const IdentityBundle* current) const {
+  return pooled_ && !transport_closed_ && !retired_ && bundle_.get() == current &&
+         tunnels_.size() < proxy_->options().pool_max_streams && hclient_->can_open_stream();
+}
+
+void HboneConn::Unpool() {
+  if (!pooled_) return;
+  pooled_ = false;
+  proxy_->PoolRemove(pool_key_, this);
+}
+
+void HboneConn::CountHandshake(bool ok) {
+  if (handshake_counted_) return;
+  handshake_counted_ = true;
+  proxy_->metrics()->CountHandshake(client_, ok);
 }
 
 absl::StatusOr<HboneConn*> HboneConn::NewServer(Proxy* proxy, int fd,
@@ -92,6 +111,12 @@ absl::Status HboneConn::InitClientSession() {
     if (reason.empty() && code != 0) reason = absl::StrCat("HBONE stream reset (code ", code, ")");
     deferred_.push_back([this, stream, reason] { FinishTunnel(stream, reason); });
   };
+  cb.on_goaway = [this](int32_t last_stream, uint32_t code) {
+    // No new tunnels here; the ones below last_stream finish normally.
+    WEFT_LOG_DEBUG(Describe(), ": GOAWAY (last stream ", last_stream, ", code ", code, ")");
+    Unpool();
+    deferred_.push_back([this] { MaybeCloseIdle(); });
+  };
   auto s = HboneClient::New(std::move(cb));
   if (!s.ok()) return s.status();
   hclient_ = std::move(*s);
@@ -152,6 +177,8 @@ void HboneConn::StartHandshakeTimer() {
 
 void HboneConn::AddOutboundTunnel(int app_fd, const std::string& authority, ConnectionRecord* rec) {
   EventLoop* loop = proxy_->loop();
+  if (idle_timer_) loop->CancelTimer(idle_timer_), idle_timer_ = 0;
+  had_tunnel_ = true;
   SocketId app = loop->Register(app_fd, this);
   // W3C trace context: a fresh trace per tunnel (no incoming context at L4).
   static std::mt19937_64 rng{std::random_device{}()};
@@ -201,12 +228,6 @@ int HboneConn::OnConnectRequest(int32_t stream, const ConnectAuthority& auth,
   absl::StatusOr<uint32_t> ip = ParseIp(auth.host);
   if (!ip.ok()) return reject(400, std::string(ip.status().message()));
   Ip4Port target{*ip, auth.port};
-  absl::StatusOr<UniqueFd> sock =
-      CreateTcpSocketInNetns(pod_->netns.get(), proxy_->options().ports.mark);
-  if (!sock.ok()) {
-    return reject(503,
-                  absl::StrCat("cannot create socket in pod netns: ", sock.status().message()));
-  }
   // Connection record: source = the peer ztunnel's address (the source pod's
   // IP: the client socket is born in the source pod's netns).
   const api::Workload* src = state->WorkloadByIp(peer_.ip);
@@ -219,9 +240,18 @@ int HboneConn::OnConnectRequest(int32_t stream, const ConnectAuthority& auth,
   rec.dst_identity = self ? state->SpiffeIdOf(*self) : "";
   rec.src_workload = src ? src->uid() : "";
   rec.dst_workload = pod_->uid;
+  if (std::string denied = proxy_->CheckInboundPolicy(*state, self, rec); !denied.empty()) {
+    return reject(403, std::move(denied));
+  }
+  absl::StatusOr<UniqueFd> sock = proxy_->InboundAppSocket(*pod_, peer_);
+  if (!sock.ok()) {
+    return reject(503,
+                  absl::StrCat("cannot create socket in pod netns: ", sock.status().message()));
+  }
   TcpLabels labels =
       MakeLabels(*state, "destination", src, peer_id_, self, "", rec.dst_identity, true);
   ConnectionRecord* r = proxy_->tracker().Open(std::move(rec), labels);
+  r->owner = this;
   EventLoop* loop = proxy_->loop();
   Tunnel& t = tunnels_[stream];
   t.stream = stream;
@@ -351,6 +381,7 @@ void HboneConn::OnData(SocketId id, std::string_view data) {
   if (!was_done && tls_->handshake_done()) {
     if (handshake_timer_) loop->CancelTimer(handshake_timer_), handshake_timer_ = 0;
     peer_id_ = tls_->peer_spiffe_id();
+    CountHandshake(true);
     ArmIdleTimer();
     WEFT_LOG_DEBUG(Describe(), ": mTLS established, peer ", peer_id_);
   }
@@ -473,6 +504,24 @@ void HboneConn::ResumeApps() {
   }
 }
 
+void HboneConn::Abort(uint64_t rec_id, const std::string& reason) {
+  for (auto& [stream, t] : tunnels_) {
+    if (t.rec_id != rec_id) continue;
+    t.error = reason;
+    int fd = proxy_->loop()->Fd(t.app);
+    linger lg{1, 0};
+    if (fd >= 0) (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    // on_stream_close finishes the tunnel with t.error.
+    if (absl::Status st = session_->ResetStream(stream, kCancel); !st.ok()) {
+      WEFT_LOG_DEBUG("abort stream ", stream, ": ", st.message());
+      int32_t s = stream;
+      deferred_.push_back([this, s, reason] { FinishTunnel(s, reason); });
+    }
+    Flush();
+    return;
+  }
+}
+
 void HboneConn::CloseApp(SocketId app) {
   proxy_->loop()->Close(app);
   draining_apps_.erase(app);
@@ -511,34 +560,37 @@ void HboneConn::ArmIdleTimer() {
     idle_timer_ = 0;
     if (!tunnels_.empty() || transport_closed_) return;
     WEFT_LOG_DEBUG(Describe(), ": idle without tunnels, closing");
-    session_->GoAway();
-    tls_->Shutdown();
-    Flush();
-    if (transport_closed_) return;  // Flush failed and closed already
-    transport_closed_ = true;
-    EventLoop* l = proxy_->loop();
-    if (l->PendingBytes(sock_) == 0) {
-      l->Close(sock_);
-      MaybeRetire();
-      return;
-    }
-    l->ShutdownWrite(sock_);  // OnDrained closes; the linger timer bounds it
-    linger_timer_ = l->AddTimer(std::chrono::seconds(1), [this] {
-      linger_timer_ = 0;
-      proxy_->loop()->Close(sock_);
-      MaybeRetire();
-    });
+    CloseGracefully();
   });
 }
 
 void HboneConn::MaybeCloseIdle() {
   ArmIdleTimer();
-  // Without a pool, an outbound connection lives exactly as long as its
-  // tunnels. (A pool would park it here instead.)
-  if (!client_ || !tunnels_.empty() || transport_closed_ || !had_tunnel_) return;
-  tls_->Shutdown();
-  std::string ct;
+  if (!client_ || !tunnels_.empty() || transport_closed_) return;
   EventLoop* loop = proxy_->loop();
+  if (pooled_ && hclient_->can_open_stream()) {
+    // Park in the pool; the next app connection with the same key reuses it.
+    if (!idle_timer_) {
+      idle_timer_ = loop->AddTimer(proxy_->options().pool_idle_timeout, [this] {
+        idle_timer_ = 0;
+        if (!tunnels_.empty() || transport_closed_) return;
+        WEFT_LOG_DEBUG(Describe(), ": pooled connection idle, closing");
+        Unpool();
+        CloseGracefully();
+      });
+    }
+    return;
+  }
+  Unpool();
+  CloseGracefully();
+}
+
+void HboneConn::CloseGracefully() {
+  if (transport_closed_) return;
+  EventLoop* loop = proxy_->loop();
+  if (idle_timer_) loop->CancelTimer(idle_timer_), idle_timer_ = 0;
+  // GOAWAY first, then close_notify after it, then FIN once both are out.
+  std::string ct;
   if (sock_connected_) {
     session_->GoAway();
     std::string h2;
@@ -546,19 +598,22 @@ void HboneConn::MaybeCloseIdle() {
       (void)tls_->WritePlaintext(h2);
       h2.clear();
     }
-    if (tls_->TakeCiphertext(&ct)) loop->Send(sock_, std::move(ct));
   }
+  tls_->Shutdown();
+  if (sock_connected_ && tls_->TakeCiphertext(&ct)) loop->Send(sock_, std::move(ct));
   transport_closed_ = true;
+  Unpool();
   if (!sock_connected_ || loop->PendingBytes(sock_) == 0) {
     loop->Close(sock_);
-  } else {
-    loop->ShutdownWrite(sock_);
-    linger_timer_ = loop->AddTimer(std::chrono::seconds(5), [this] {
-      linger_timer_ = 0;
-      proxy_->loop()->Close(sock_);
-      MaybeRetire();
-    });
+    MaybeRetire();
+    return;
   }
+  loop->ShutdownWrite(sock_);  // OnDrained closes; the linger timer bounds it
+  linger_timer_ = loop->AddTimer(std::chrono::seconds(2), [this] {
+    linger_timer_ = 0;
+    proxy_->loop()->Close(sock_);
+    MaybeRetire();
+  });
 }
 
 void HboneConn::Fail(const std::string& reason) {
@@ -569,6 +624,8 @@ void HboneConn::Fail(const std::string& reason) {
   EventLoop* loop = proxy_->loop();
   bool was_closed = transport_closed_;
   transport_closed_ = true;
+  Unpool();
+  if (sock_connected_ && !tls_->handshake_done()) CountHandshake(false);
   if (handshake_timer_) loop->CancelTimer(handshake_timer_), handshake_timer_ = 0;
   if (!reason.empty() && !was_closed) {
     if (tls_->handshake_done()) {
@@ -612,6 +669,7 @@ void HboneConn::MaybeRetire() {
     return;
   }
   retired_ = true;
+  Unpool();
   EventLoop* loop = proxy_->loop();
   if (handshake_timer_) loop->CancelTimer(handshake_timer_), handshake_timer_ = 0;
   if (linger_timer_) loop->CancelTimer(linger_timer_), linger_timer_ = 0;

@@ -9,10 +9,12 @@
 //    certificate; every CONNECT must name the pod's own IP; the proxy then
 //    connects to <pod IP>:<port> from inside the pod's netns.
 //
-// Today the outbound side opens one HboneConn per app connection and closes
-// it when its last tunnel ends; the class already carries any number of
-// tunnels, so a pool keyed by (source identity, destination address,
-// destination identity) can hand new tunnels to a live connection instead.
+// Outbound connections are pooled (Proxy keeps them by PoolKey): a new app
+// connection rides an existing HboneConn with the same key while that one has
+// stream capacity, has not seen GOAWAY, and still uses the source identity's
+// current certificate (a renewed certificate starts new connections; old ones
+// drain). A client connection left without tunnels parks for
+// pool_idle_timeout, then closes with GOAWAY + close_notify.
 //
 // Flow control: bytes from the peer are acknowledged (ConsumeData) only once
 // the app socket's queue is under the high watermark, so HTTP/2 windows push
@@ -36,9 +38,10 @@ class HboneConn : public ProxiedConn {
  public:
   // Client: `sock` is an unconnected TCP socket made in the source pod's
   // netns; connects it to `peer` and starts the TLS handshake.
-  static absl::StatusOr<HboneConn*> NewClient(Proxy* proxy, UniqueFd sock, const Ip4Port& peer,
-                                              SSL_CTX* client_ctx,
-                                              const std::string& expected_peer_id);
+  // connects it to `key.dst`, presenting `bundle`'s certificate and
+  // requiring `key.dst_id` of the peer; joins the pool under `key`.
+  static absl::StatusOr<HboneConn*> NewClient(Proxy* proxy, UniqueFd sock, const PoolKey& key,
+                                              std::shared_ptr<const IdentityBundle> bundle);
   // Server: `fd` was accepted on `pod`'s HBONE listener.
   static absl::StatusOr<HboneConn*> NewServer(Proxy* proxy, int fd, std::shared_ptr<PodContext> pod,
                                               SSL_CTX* server_ctx);
@@ -46,12 +49,17 @@ class HboneConn : public ProxiedConn {
   // Client: tunnels `app_fd` (taken over) through CONNECT `authority`.
   // `rec` is registered already; it is closed with the tunnel.
   void AddOutboundTunnel(int app_fd, const std::string& authority, ConnectionRecord* rec);
+  // Client: whether a new tunnel may ride this connection now.
+  bool CanTakeTunnel(const IdentityBundle* current) const;
 
   void OnConnected(SocketId id, int err) override;
   void OnData(SocketId id, std::string_view data) override;
   void OnReadClosed(SocketId id, int err) override;
   void OnSendError(SocketId id, int err) override;
   void OnDrained(SocketId id) override;
+  // Server side: resets the tunnel of record `rec_id` (RST_STREAM CANCEL to
+  // the peer, the app connection reset).
+  void Abort(uint64_t rec_id, const std::string& reason) override;
 
  private:
   struct Tunnel {
@@ -82,6 +90,9 @@ class HboneConn : public ProxiedConn {
   void Fail(const std::string& reason);
   void MaybeCloseIdle();
   void ArmIdleTimer();
+  void CloseGracefully();  // client: GOAWAY + close_notify, then close
+  void Unpool();
+  void CountHandshake(bool ok);
   void MaybeRetire();
   void RunDeferred();
   Tunnel* ByApp(SocketId app);
@@ -100,6 +111,10 @@ class HboneConn : public ProxiedConn {
   bool transport_closed_ = false;  // sock_ closed or closing
   bool had_tunnel_ = false;
   bool retired_ = false;
+  bool pooled_ = false;
+  bool handshake_counted_ = false;
+  PoolKey pool_key_;
+  std::shared_ptr<const IdentityBundle> bundle_;  // client: the certificate presented
   std::unique_ptr<TlsConn> tls_;
   std::unique_ptr<HboneClient> hclient_;
   std::unique_ptr<HboneServer> hserver_;

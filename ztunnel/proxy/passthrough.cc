@@ -1,6 +1,7 @@
 #include "ztunnel/proxy/passthrough.h"
 
 #include <string.h>
+#include <sys/socket.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
@@ -12,6 +13,7 @@ void TcpRelay::Start(Proxy* proxy, int client_fd, UniqueFd upstream, const Ip4Po
   TcpRelay* r = proxy->Adopt(std::unique_ptr<TcpRelay>(new TcpRelay(proxy, rec)));
   EventLoop* loop = proxy->loop();
   r->rec_id_ = rec->id;
+  rec->owner = r;
   r->target_ = target;
   r->client_ = loop->Register(client_fd, r);
   r->upstream_ = loop->Register(upstream.release(), r);
@@ -72,6 +74,16 @@ void TcpRelay::MaybeDone() {
       loop->PendingBytes(upstream_) == 0) {
     Finish("");
   }
+}
+
+void TcpRelay::Abort(uint64_t, const std::string& reason) {
+  if (finished_) return;
+  linger lg{1, 0};  // both peers see a reset, not a clean end
+  for (SocketId id : {client_, upstream_}) {
+    int fd = proxy_->loop()->Fd(id);
+    if (fd >= 0) (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+  }
+  Finish(reason);
 }
 
 void TcpRelay::Finish(const std::string& reason) {

@@ -23,6 +23,7 @@ class TcpRelay : public ProxiedConn {
   void OnReadClosed(SocketId id, int err) override;
   void OnSendError(SocketId id, int err) override;
   void OnDrained(SocketId id) override;
+  void Abort(uint64_t rec_id, const std::string& reason) override;
 
  private:
   TcpRelay(Proxy* proxy, ConnectionRecord* rec) : proxy_(proxy), rec_(rec) {}

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
+#include "ztunnel/policy/policy.h"
 #include "ztunnel/proxy/hbone_conn.h"
 #include "ztunnel/proxy/passthrough.h"
 
@@ -126,6 +127,7 @@ Proxy::Proxy(EventLoop* loop, StateStore* state, IdentityManager* identities, Me
 Proxy::~Proxy() {
   *alive_ = false;
   pods_.clear();
+  pool_.clear();
   conns_.clear();
 }
 
@@ -228,6 +230,13 @@ void Proxy::StartOutboundMesh(const std::shared_ptr<PodContext>& pod, int fd, Ip
   std::shared_ptr<const MeshState> state = state_->Current();
   const api::Workload* self = state->WorkloadByUid(pod->uid);
   std::string src_id = self ? state->SpiffeIdOf(*self) : "";
+  if (!src_id.empty()) {
+    // Same node: no certificate needed, the identity is the listener's pod.
+    if (std::shared_ptr<PodContext> dst_pod = SameNodeTarget(dst)) {
+      StartSameNode(pod, dst_pod, fd, src, dst, *state);
+      return;
+    }
+  }
   std::shared_ptr<const IdentityBundle> bundle =
       src_id.empty() ? nullptr : identities_->Get(src_id);
   if (!bundle) {
@@ -260,12 +269,6 @@ void Proxy::StartOutboundMesh(const std::shared_ptr<PodContext>& pod, int fd, Ip
     ::close(fd);
     return;
   }
-  absl::StatusOr<UniqueFd> sock = CreateTcpSocketInNetns(pod->netns.get(), options_.ports.mark);
-  if (!sock.ok()) {
-    WEFT_LOG_ERROR("outbound connection from pod ", pod->uid, ": ", sock.status().message());
-    ::close(fd);
-    return;
-  }
   ConnectionRecord rec;
   rec.direction = "outbound";
   rec.security = "mutual_tls";
@@ -279,19 +282,62 @@ void Proxy::StartOutboundMesh(const std::shared_ptr<PodContext>& pod, int fd, Ip
   TcpLabels labels = MakeLabels(*state, "source", self, src_id, dst.workload, dst.service_host,
                                 dst.spiffe_id, true);
   ConnectionRecord* r = tracker_.Open(std::move(rec), labels);
-  Ip4Port hbone{dst.target.ip, options_.hbone_port_for(dst.target.ip)};
-  // Pooling seam: a pool keyed by (src_id, hbone, dst.spiffe_id) would hand
-  // out a live HboneConn here; today every app connection gets its own.
-  absl::StatusOr<HboneConn*> conn =
-      HboneConn::NewClient(this, std::move(*sock), hbone, bundle->client_ctx.get(), dst.spiffe_id);
-  if (!conn.ok()) {
-    WEFT_LOG_ERROR("outbound connection from pod ", pod->uid, " to ", FormatAddr(dst.target), ": ",
-                   conn.status().message());
-    tracker_.Close(r->id, std::string(conn.status().message()));
-    ::close(fd);
-    return;
+  PoolKey key{pod->uid, src_id, Ip4Port{dst.target.ip, options_.hbone_port_for(dst.target.ip)},
+              dst.spiffe_id};
+  HboneConn* conn = nullptr;
+  if (auto it = pool_.find(key); it != pool_.end()) {
+    for (HboneConn* c : it->second) {
+      if (c->CanTakeTunnel(bundle.get())) {
+        conn = c;
+        break;
+      }
+    }
   }
-  (*conn)->AddOutboundTunnel(fd, FormatAddr(dst.target), r);
+  if (!conn) {
+    absl::StatusOr<UniqueFd> sock = CreateTcpSocketInNetns(pod->netns.get(), options_.ports.mark);
+    absl::StatusOr<HboneConn*> made =
+        sock.ok() ? HboneConn::NewClient(this, std::move(*sock), key, bundle)
+                  : absl::StatusOr<HboneConn*>(sock.status());
+    if (!made.ok()) {
+      WEFT_LOG_ERROR("outbound connection from pod ", pod->uid, " to ", FormatAddr(dst.target),
+                     ": ", made.status().message());
+      tracker_.Close(r->id, std::string(made.status().message()));
+      ::close(fd);
+      return;
+    }
+    conn = *made;
+    pool_[key].push_back(conn);
+    ++pool_count_;
+    metrics_->SetPoolConnections(pool_count_);
+  }
+  conn->AddOutboundTunnel(fd, FormatAddr(dst.target), r);
+}
+
+std::shared_ptr<PodContext> Proxy::SameNodeTarget(const ResolvedDestination& dst) const {
+  if (!options_.same_node_fast_path || !dst.workload) return nullptr;
+  auto it = pods_.find(dst.workload->uid());
+  if (it == pods_.end()) return nullptr;
+  const PodContext& p = *it->second.ctx;
+  // A call to one of ztunnel's own ports in that pod keeps the normal path.
+  if (dst.target == p.inbound_hbone_addr || dst.target == p.inbound_plain_addr ||
+      dst.target == p.outbound_addr) {
+    return nullptr;
+  }
+  return it->second.ctx;
+}
+
+void Proxy::PoolRemove(const PoolKey& key, HboneConn* c) {
+  auto it = pool_.find(key);
+  if (it == pool_.end()) return;
+  std::vector<HboneConn*>& v = it->second;
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (v[i] != c) continue;
+    v.erase(v.begin() + i);
+    --pool_count_;
+    metrics_->SetPoolConnections(pool_count_);
+    break;
+  }
+  if (v.empty()) pool_.erase(it);
 }
 
 void Proxy::StartPassthrough(const std::shared_ptr<PodContext>& pod, int fd, Ip4Port src,
@@ -335,12 +381,6 @@ void Proxy::OnInboundPlainAccept(const std::shared_ptr<PodContext>& pod, int fd)
     ::close(fd);
     return;
   }
-  absl::StatusOr<UniqueFd> sock = CreateTcpSocketInNetns(pod->netns.get(), options_.ports.mark);
-  if (!sock.ok()) {
-    WEFT_LOG_ERROR("inbound plaintext to pod ", pod->uid, ": ", sock.status().message());
-    ::close(fd);
-    return;
-  }
   std::shared_ptr<const MeshState> state = state_->Current();
   const api::Workload* self = state->WorkloadByUid(pod->uid);
   const api::Workload* from = state->WorkloadByIp(src.ip);
@@ -352,9 +392,87 @@ void Proxy::OnInboundPlainAccept(const std::shared_ptr<PodContext>& pod, int fd)
   rec.dst_identity = self ? state->SpiffeIdOf(*self) : "";
   rec.src_workload = from ? from->uid() : "";
   rec.dst_workload = pod->uid;
+  if (!CheckInboundPolicy(*state, self, rec).empty()) {
+    // A plaintext client learns nothing but the close (RST: SO_LINGER 0), as
+    // with Istio's ztunnel.
+    linger lg{1, 0};
+    (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    ::close(fd);
+    return;
+  }
+  absl::StatusOr<UniqueFd> sock = InboundAppSocket(*pod, src);
+  if (!sock.ok()) {
+    WEFT_LOG_ERROR("inbound plaintext to pod ", pod->uid, ": ", sock.status().message());
+    ::close(fd);
+    return;
+  }
   TcpLabels labels = MakeLabels(*state, "destination", from, "", self, "", rec.dst_identity, false);
   ConnectionRecord* r = tracker_.Open(std::move(rec), labels);
   TcpRelay::Start(this, fd, std::move(*sock), *dst, r);
+}
+
+namespace {
+policy::Decision InboundDecision(const MeshState& state, const api::Workload* self,
+                                 const ConnectionRecord& rec) {
+  policy::L4Request req;
+  req.dst = self;
+  req.src_principal = rec.src_identity;
+  req.src_ip = rec.src.ip;
+  req.dst_port = rec.dst.port;
+  req.mtls = rec.security == "mutual_tls";
+  return policy::CheckInbound(state.config(), req);
+}
+}  // namespace
+
+void Proxy::RecheckInboundPolicy() {
+  std::shared_ptr<const MeshState> state = state_->Current();
+  struct Denied {
+    ProxiedConn* owner;
+    uint64_t id;
+    std::string reason;
+  };
+  std::vector<Denied> denied;
+  tracker_.ForEach([&](const ConnectionRecord& rec) {
+    if (rec.direction != "inbound" || !rec.owner) return;
+    const api::Workload* self = state->WorkloadByUid(rec.dst_workload);
+    policy::Decision d = InboundDecision(*state, self, rec);
+    if (d.allow) return;
+    metrics_->CountDenial(self ? self->namespace_() : "", self ? self->name() : rec.dst_workload,
+                          d.denied_by);
+    denied.push_back({rec.owner, rec.id, absl::StrCat("policy ", d.reason, " (config changed)")});
+  });
+  // Aborting closes records: not while iterating them.
+  for (const Denied& d : denied) {
+    WEFT_LOG_INFO("closing inbound connection ", d.id, ": ", d.reason);
+    d.owner->Abort(d.id, d.reason);
+  }
+}
+
+std::string Proxy::CheckInboundPolicy(const MeshState& state, const api::Workload* self,
+                                      const ConnectionRecord& rec) {
+  policy::Decision d = InboundDecision(state, self, rec);
+  if (d.audit) {
+    // d.reason starts with the verdict ("allowed ..." / "denied ...").
+    WEFT_LOG_INFO("audit: inbound ", rec.security, " connection ", FormatAddr(rec.src), " (",
+                  rec.src_identity.empty() ? "no identity" : rec.src_identity, ") -> ",
+                  FormatAddr(rec.dst), " of ", rec.dst_workload, ": ", d.reason);
+  }
+  if (d.allow) return "";
+  std::string reason = absl::StrCat("policy ", d.reason);
+  // The record was never opened (tracker_.Open stamps the start): stamp it
+  // here so the access log's duration_ms is 0, not the time since boot.
+  ConnectionRecord refused = rec;
+  refused.start = std::chrono::steady_clock::now();
+  tracker_.LogRefused(refused, reason);
+  metrics_->CountDenial(self ? self->namespace_() : "", self ? self->name() : rec.dst_workload,
+                        d.denied_by);
+  return reason;
+}
+
+absl::StatusOr<UniqueFd> Proxy::InboundAppSocket(const PodContext& pod, Ip4Port client) {
+  if (!options_.preserve_source_ip)
+    return CreateTcpSocketInNetns(pod.netns.get(), options_.ports.mark);
+  return CreateTransparentSocketInNetns(pod.netns.get(), Ip4Port{client.ip, 0});
 }
 
 void Proxy::OnHboneAccept(const std::shared_ptr<PodContext>& pod, int fd) {

@@ -43,12 +43,29 @@ struct ProxyOptions {
   std::chrono::milliseconds handshake_timeout{10000};
   std::chrono::milliseconds connect_timeout{10000};
   // Inbound HBONE connections without any tunnel are closed after this.
-  std::chrono::milliseconds idle_timeout{60000};
+  // Longer than pool_idle_timeout, so the client side (which knows when it
+  // will reuse a connection) is the one that closes an idle pooled
+  // connection, and a new CONNECT never races the server's GOAWAY.
+  std::chrono::milliseconds idle_timeout{120000};
+  // Outbound pooled HBONE connections without tunnels are closed after this.
+  std::chrono::milliseconds pool_idle_timeout{60000};
+  // Tunnels (CONNECT streams) one pooled connection carries at once; a new
+  // connection is opened for the same key beyond this (or beyond the peer's
+  // SETTINGS_MAX_CONCURRENT_STREAMS, whichever is lower).
+  size_t pool_max_streams = 100;
+  // Inbound connections to the app show it the client's IP (IP_TRANSPARENT,
+  // inpod/pod_sockets.h): needs CAP_NET_ADMIN and the agent's per-pod return
+  // path (agent/pod_routing.h). Off: the app sees its own pod IP.
+  bool preserve_source_ip = false;
   // How long an outbound mesh connection waits for the source pod's cert.
   std::chrono::milliseconds cert_wait{5000};
   // Backpressure: stop reading a socket while the other side has more than
   // this much queued.
   size_t high_watermark = 256 * 1024;
+  // Same-node fast path (proxy/fastpath.h): a mesh connection between two
+  // pods this ztunnel serves skips HBONE; policy is checked in-process and
+  // the sockets are spliced.
+  bool same_node_fast_path = false;
 };
 
 absl::StatusOr<Ip4Port> GetOriginalDst(int fd);
@@ -64,6 +81,24 @@ struct PodContext {
 class ProxiedConn : public SocketHandler {
  public:
   ~ProxiedConn() override = default;
+  // Ends the connection whose record is `rec_id` now (both sides reset),
+  // closing the record with `reason`: policy changed under it.
+  virtual void Abort(uint64_t rec_id, const std::string& reason) = 0;
+};
+
+class HboneConn;
+
+// Outbound HBONE connections are shared by every app connection with the same
+// key, as istio/ztunnel's pool does (its WorkloadKey): the source pod (its
+// netns is where the client socket is born, so its IP is what the peer sees),
+// the source identity (our certificate), the destination ztunnel address and
+// the identity we require of it.
+struct PoolKey {
+  std::string src_pod;
+  std::string src_id;
+  Ip4Port dst;
+  std::string dst_id;
+  auto operator<=>(const PoolKey&) const = default;
 };
 
 class Proxy {
@@ -90,6 +125,10 @@ class Proxy {
   const ProxyOptions& options() const { return options_; }
   StateStore* state() { return state_; }
   IdentityManager* identities() { return identities_; }
+  Metrics* metrics() { return metrics_; }
+  // An HboneConn that is closing, going away or retiring leaves the pool.
+  void PoolRemove(const PoolKey& key, HboneConn* c);
+  size_t pool_size() const { return pool_count_; }
   // Destroys `c` from a posted task.
   void Retire(ProxiedConn* c);
   // Takes ownership of a new connection object.
@@ -105,6 +144,23 @@ class Proxy {
   void OnInboundPlainAccept(const std::shared_ptr<PodContext>& pod, int fd);
   void OnHboneAccept(const std::shared_ptr<PodContext>& pod, int fd);
 
+  // Inbound policy at the destination (docs/POLICY.md): the port's
+  // PeerAuthentication mode, then AuthorizationPolicy, for the connection
+  // `rec` describes (src, dst, src_identity; security "mutual_tls" or
+  // "none"). A denial writes the access-log line with the reason and counts
+  // weft_policy_denials_total; AUDIT matches are logged. Returns "" when
+  // allowed, else the reason.
+  std::string CheckInboundPolicy(const MeshState& state, const api::Workload* self,
+                                 const ConnectionRecord& rec);
+  // After a config change: evaluates every open inbound connection again
+  // and aborts the ones the new policy refuses, as Istio's ztunnel does (the
+  // access log says "policy denied after config change: ..."). Loop thread.
+  void RecheckInboundPolicy();
+  // The socket that connects to the app inside `pod` for an inbound
+  // connection from `client`: transparent (the app sees `client`'s IP) when
+  // preserve_source_ip is on, else a plain one.
+  absl::StatusOr<UniqueFd> InboundAppSocket(const PodContext& pod, Ip4Port client);
+
  private:
   class Listener;
   struct PodEntry {
@@ -115,6 +171,12 @@ class Proxy {
                          ResolvedDestination dst, int attempt);
   void StartPassthrough(const std::shared_ptr<PodContext>& pod, int fd, Ip4Port src,
                         const ResolvedDestination& dst);
+  // The destination pod of `dst` if the same-node fast path applies to it.
+  std::shared_ptr<PodContext> SameNodeTarget(const ResolvedDestination& dst) const;
+  // Defined in fastpath.cc.
+  void StartSameNode(const std::shared_ptr<PodContext>& pod,
+                     const std::shared_ptr<PodContext>& dst_pod, int fd, Ip4Port src,
+                     const ResolvedDestination& dst, const MeshState& state);
 
   EventLoop* loop_;
   StateStore* state_;
@@ -125,6 +187,8 @@ class Proxy {
   EndpointSelector selector_;
   std::map<std::string, PodEntry> pods_;
   std::map<ProxiedConn*, std::unique_ptr<ProxiedConn>> conns_;
+  std::map<PoolKey, std::vector<HboneConn*>> pool_;
+  size_t pool_count_ = 0;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 

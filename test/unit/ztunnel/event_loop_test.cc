@@ -1,7 +1,8 @@
 // io_uring loop basics on loopback: multishot accept, provided-buffer recv,
-// queued sends, connect, timers, Post from another thread.
+// queued sends, connect, timers, Post from another thread, one-shot polls.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -206,6 +207,81 @@ TEST_CASE("event loop rejects a buffer ring size that is not a power of two", "[
   auto loop = EventLoop::Create(opts);
   REQUIRE_FALSE(loop.ok());
   CHECK(std::string(loop.status().message()).find("power of two") != std::string::npos);
+}
+
+}  // namespace weft::ztunnel
+
+namespace weft::ztunnel {
+namespace {
+struct PollProbe : SocketHandler {
+  void OnData(SocketId, std::string_view) override {}
+  void OnReadClosed(SocketId, int) override {}
+  void OnSendError(SocketId, int) override {}
+  void OnPoll(SocketId, uint32_t revents) override { fired.push_back(revents); }
+  std::vector<uint32_t> fired;
+};
+}  // namespace
+
+TEST_CASE("event loop PollIn is one-shot, PollOut stays armed, Close cancels both", "[loop]") {
+  auto loop_or = EventLoop::Create();
+  REQUIRE(loop_or.ok());
+  EventLoop* loop = loop_or->get();
+  int sv[2];
+  REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) == 0);
+  PollProbe probe;
+  SocketId id = loop->Register(sv[0], &probe);
+  auto run_until = [&](size_t n) {
+    for (int i = 0; i < 200 && probe.fired.size() < n; ++i)
+      REQUIRE(loop->RunOnce(std::chrono::milliseconds(10)).ok());
+  };
+  auto settle = [&] {
+    for (int i = 0; i < 5; ++i) REQUIRE(loop->RunOnce(std::chrono::milliseconds(5)).ok());
+  };
+
+  // Readable only once the peer writes; one report per arm, arming twice is
+  // one poll.
+  loop->PollIn(id);
+  loop->PollIn(id);
+  settle();
+  CHECK(probe.fired.empty());
+  REQUIRE(write(sv[1], "x", 1) == 1);
+  run_until(1);
+  REQUIRE(probe.fired.size() == 1);
+  CHECK((probe.fired[0] & POLLIN) != 0);
+  settle();
+  CHECK(probe.fired.size() == 1);
+  char c;
+  REQUIRE(read(sv[0], &c, 1) == 1);
+
+  // Writable right away: reported when armed, then stays armed and reports
+  // again once a full socket gets room.
+  loop->PollOut(id);
+  run_until(2);
+  REQUIRE(probe.fired.size() == 2);
+  CHECK((probe.fired[1] & POLLOUT) != 0);
+  std::string chunk(4096, 'y');
+  while (write(sv[0], chunk.data(), chunk.size()) > 0) {
+  }
+  settle();
+  size_t before = probe.fired.size();
+  loop->PollOut(id);  // still armed: no-op
+  std::vector<char> sink(1 << 16);
+  while (read(sv[1], sink.data(), sink.size()) > 0) {
+  }
+  run_until(before + 1);
+  CHECK(probe.fired.size() > before);
+  CHECK((probe.fired.back() & POLLOUT) != 0);
+
+  // Armed polls are cancelled by Close: no callback, the slot is freed.
+  size_t n = probe.fired.size();
+  loop->PollIn(id);
+  loop->Close(id);
+  REQUIRE(write(sv[1], "z", 1) == 1);
+  for (int i = 0; i < 100 && loop->live_sockets() > 0; ++i)
+    REQUIRE(loop->RunOnce(std::chrono::milliseconds(10)).ok());
+  CHECK(loop->live_sockets() == 0);
+  CHECK(probe.fired.size() == n);
+  close(sv[1]);
 }
 
 }  // namespace weft::ztunnel

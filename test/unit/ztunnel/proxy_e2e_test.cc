@@ -255,6 +255,14 @@ std::string Get(uint16_t port, const std::string& path) {
   return r.ok() ? *r : std::string("ERROR: ") + std::string(r.status().message());
 }
 
+// The value of one sample line `name` (with its labels) in a metrics page, or
+// -1 if absent.
+int64_t Sample(const std::string& page, const std::string& name) {
+  size_t at = page.find("\n" + name + " ");
+  if (at == std::string::npos) return -1;
+  return std::stoll(page.substr(at + name.size() + 2));
+}
+
 bool WaitFor(const std::function<bool()>& cond, std::chrono::milliseconds timeout = 5000ms) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
@@ -289,6 +297,8 @@ TEST_CASE("ztunnel end to end on loopback: HBONE, VIP, passthrough, inbound plai
   opts.proxy.ports.mark = geteuid() == 0 ? kZtunnelMark : 0;
   opts.proxy.handshake_timeout = 500ms;
   opts.proxy.idle_timeout = 700ms;
+  opts.proxy.pool_idle_timeout = 300ms;  // the client closes idle pooled connections first
+  opts.proxy.pool_max_streams = 4;
   opts.proxy.original_dst = [&](int fd) { return outbound_dst.Lookup(fd); };
   opts.proxy.inbound_plain_dst = [&](int fd) { return inbound_dst.Lookup(fd); };
   std::atomic<App*> app_ptr{nullptr};
@@ -478,6 +488,47 @@ TEST_CASE("ztunnel end to end on loopback: HBONE, VIP, passthrough, inbound plai
     CHECK(dump["services"][0]["vip"] == "10.96.0.10");
     CHECK(dump["node_socket"]["connected"] == true);
     CHECK(dump["pods"].size() == 3);  // a, b ready; unknown failed
+  }
+
+  SECTION("outbound HBONE connections are pooled: one handshake for many app connections") {
+    const std::string client_ok = "weft_tls_handshakes_total{role=\"client\",result=\"success\"}";
+    const std::string server_ok = "weft_tls_handshakes_total{role=\"server\",result=\"success\"}";
+    const std::string pool = "weft_hbone_pool_connections";
+    auto metric = [&](const std::string& name) {
+      return Sample(Get(app->metrics_port(), "/metrics"), name);
+    };
+    CHECK(metric(client_ok) == 0);
+    CHECK(metric(pool) == 0);
+    // Sequential app connections reuse the first HBONE connection.
+    for (int i = 0; i < 20; ++i) {
+      std::string msg = "seq " + std::to_string(i);
+      REQUIRE(RoundTrip(Dial(outbound_dst, a_out, b_app.addr), msg) == msg);
+    }
+    CHECK(metric(client_ok) == 1);
+    CHECK(metric(server_ok) == 1);
+    CHECK(metric(pool) == 1);
+    // Ten at once, four tunnels per connection at most: three connections,
+    // the pooled one among them.
+    std::vector<int> fds;
+    for (int i = 0; i < 10; ++i) fds.push_back(Dial(outbound_dst, a_out, b_app.addr));
+    for (int fd : fds) REQUIRE(write(fd, "ping", 4) == 4);
+    for (int fd : fds) {
+      char buf[4];
+      REQUIRE(read(fd, buf, 4) == 4);
+    }
+    CHECK(metric(client_ok) == 3);
+    CHECK(metric(pool) == 3);
+    auto conns = nlohmann::json::parse(Get(app->admin_port(), "/connections"));
+    int outbound = 0;
+    for (auto& c : conns["connections"]) outbound += c["direction"] == "outbound";
+    CHECK(outbound == 10);  // every app connection is still its own record
+    for (int fd : fds) close(fd);
+    // Idle pooled connections close after pool_idle_timeout.
+    CHECK(WaitFor([&] { return metric(pool) == 0; }, 3000ms));
+    CHECK(RoundTrip(Dial(outbound_dst, a_out, b_app.addr), "again") == "again");
+    CHECK(metric(client_ok) == 4);
+    CHECK(Sample(Get(app->metrics_port(), "/metrics"),
+                 "weft_tls_handshakes_total{role=\"client\",result=\"failure\"}") == 0);
   }
 
   SECTION("garbage and half-open handshakes on 15008 are closed; others unaffected") {
