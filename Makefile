@@ -25,9 +25,11 @@ demo: build
 demo-down:
 	test/bed/demo.sh down
 
-# Bench suite (bench/README.md): results in bench/results/<timestamp>/. QUICK=1: short mode.
+# Bench suite (bench/README.md): results in bench/results/<timestamp>/. QUICK=1: short mode;
+# PROFILE=1: perf-record ztunnel; SCENARIOS=a,b: choose scenarios.
 bench: build
-	WEFT_BUILD=$(abspath $(BUILD)) python3 bench/run.py $(if $(QUICK),--quick)
+	WEFT_BUILD=$(abspath $(BUILD)) python3 bench/run.py $(if $(QUICK),--quick) \
+	  $(if $(PROFILE),--profile) $(if $(SCENARIOS),--scenarios $(SCENARIOS))
 
 # The whole test suite through ctest: unit + root integration tests, then the
 # unit tests again under AddressSanitizer/UBSan (ASAN=0 skips that pass).

@@ -13,7 +13,7 @@ PACKAGES=(
   # run and test: namespaces, real clients and servers, captures
   iproute2 procps python3 curl openssl tcpdump nghttp2-client iputils-ping
   # bench suite (bench/run.py): server, load generators, plots
-  nginx-light wrk python3-matplotlib stunnel4
+  nginx-light wrk python3-matplotlib stunnel4 haproxy iperf3 linux-perf
 )
 
 missing=()
