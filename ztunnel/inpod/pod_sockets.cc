@@ -81,6 +81,12 @@ absl::StatusOr<PodSockets> CreatePodListeners(int netns_fd, uint32_t pod_ip,
   return out;
 }
 
+void ResetOnClose(int fd) {
+  if (fd < 0) return;
+  linger lg{1, 0};
+  (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+}
+
 absl::StatusOr<UniqueFd> CreateTcpSocketInNetns(int netns_fd, uint32_t mark) {
   absl::StatusOr<UniqueFd> s = absl::InternalError("not run");
   absl::Status st = InNetns(netns_fd, [&] { s = NewTcpSocket(mark); });

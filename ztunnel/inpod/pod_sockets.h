@@ -42,6 +42,10 @@ struct PodSockets {
 absl::StatusOr<PodSockets> CreatePodListeners(int netns_fd, uint32_t pod_ip,
                                               const ListenerPorts& ports);
 
+// Makes the next close() of `fd` send RST instead of FIN (SO_LINGER 0), so
+// the peer sees a reset, not a clean end. fd < 0 is ignored.
+void ResetOnClose(int fd);
+
 // A TCP socket (not connected) created inside `netns_fd`, marked with `mark`
 // (0 = unmarked).
 absl::StatusOr<UniqueFd> CreateTcpSocketInNetns(int netns_fd, uint32_t mark);

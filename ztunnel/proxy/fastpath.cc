@@ -187,13 +187,9 @@ void SpliceRelay::Finish(const std::string& reason, bool reset) {
   EventLoop* loop = proxy_->loop();
   if (connect_timer_) loop->CancelTimer(connect_timer_), connect_timer_ = 0;
   if (reset) {
-    // SO_LINGER 0: close() sends RST, so a reset (or failure) on one side is
-    // seen as a reset on the other, not as a clean EOF.
-    linger lg{1, 0};
-    for (SocketId id : {client_, upstream_}) {
-      int fd = loop->Fd(id);
-      if (fd >= 0) (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    }
+    // A reset (or failure) on one side is seen as a reset on the other, not
+    // as a clean EOF.
+    for (SocketId id : {client_, upstream_}) ResetOnClose(loop->Fd(id));
   }
   loop->Close(client_);
   loop->Close(upstream_);
@@ -218,9 +214,8 @@ void Proxy::StartSameNode(const std::shared_ptr<PodContext>& pod,
   std::string src_id = self ? state.SpiffeIdOf(*self) : "";
   auto reset_app = [fd] {
     // As a refused or failed HBONE tunnel ends: the app sees its connection
-    // reset (SO_LINGER 0).
-    linger lg{1, 0};
-    (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    // reset.
+    ResetOnClose(fd);
     ::close(fd);
   };
 
@@ -230,16 +225,7 @@ void Proxy::StartSameNode(const std::shared_ptr<PodContext>& pod,
   // certain as after a handshake (the listener that accepted the connection
   // lives in the source pod's netns, which is what its certificate vouches
   // for on the normal path).
-  ConnectionRecord out;
-  out.direction = "outbound";
-  out.security = "mutual_tls";
-  out.src = src;
-  out.dst = dst.target;
-  out.src_identity = src_id;
-  out.dst_identity = dst.spiffe_id;
-  out.src_workload = pod->uid;
-  out.dst_workload = dst_pod->uid;
-  out.dst_service = dst.service_host;
+  ConnectionRecord out = OutboundMeshRecord(*pod, src, src_id, dst);
   ConnectionRecord in;
   in.direction = "inbound";
   in.security = "mutual_tls";

@@ -508,9 +508,7 @@ void HboneConn::Abort(uint64_t rec_id, const std::string& reason) {
   for (auto& [stream, t] : tunnels_) {
     if (t.rec_id != rec_id) continue;
     t.error = reason;
-    int fd = proxy_->loop()->Fd(t.app);
-    linger lg{1, 0};
-    if (fd >= 0) (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    ResetOnClose(proxy_->loop()->Fd(t.app));
     // on_stream_close finishes the tunnel with t.error.
     if (absl::Status st = session_->ResetStream(stream, kCancel); !st.ok()) {
       WEFT_LOG_DEBUG("abort stream ", stream, ": ", st.message());

@@ -78,11 +78,8 @@ void TcpRelay::MaybeDone() {
 
 void TcpRelay::Abort(uint64_t, const std::string& reason) {
   if (finished_) return;
-  linger lg{1, 0};  // both peers see a reset, not a clean end
-  for (SocketId id : {client_, upstream_}) {
-    int fd = proxy_->loop()->Fd(id);
-    if (fd >= 0) (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-  }
+  // both peers see a reset, not a clean end
+  for (SocketId id : {client_, upstream_}) ResetOnClose(proxy_->loop()->Fd(id));
   Finish(reason);
 }
 

@@ -72,6 +72,21 @@ TcpLabels MakeLabels(const MeshState& state, const char* reporter, const api::Wo
   return l;
 }
 
+ConnectionRecord OutboundMeshRecord(const PodContext& pod, Ip4Port src, const std::string& src_id,
+                                    const ResolvedDestination& dst) {
+  ConnectionRecord rec;
+  rec.direction = "outbound";
+  rec.security = "mutual_tls";
+  rec.src = src;
+  rec.dst = dst.target;
+  rec.src_identity = src_id;
+  rec.dst_identity = dst.spiffe_id;
+  rec.src_workload = pod.uid;
+  rec.dst_workload = dst.workload ? dst.workload->uid() : "";
+  rec.dst_service = dst.service_host;
+  return rec;
+}
+
 // A per-pod listener: hands accepted sockets to the proxy with the pod they
 // belong to (that binding is the source identity of outbound traffic).
 class Proxy::Listener : public SocketHandler {
@@ -269,19 +284,9 @@ void Proxy::StartOutboundMesh(const std::shared_ptr<PodContext>& pod, int fd, Ip
     ::close(fd);
     return;
   }
-  ConnectionRecord rec;
-  rec.direction = "outbound";
-  rec.security = "mutual_tls";
-  rec.src = src;
-  rec.dst = dst.target;
-  rec.src_identity = src_id;
-  rec.dst_identity = dst.spiffe_id;
-  rec.src_workload = pod->uid;
-  rec.dst_workload = dst.workload ? dst.workload->uid() : "";
-  rec.dst_service = dst.service_host;
   TcpLabels labels = MakeLabels(*state, "source", self, src_id, dst.workload, dst.service_host,
                                 dst.spiffe_id, true);
-  ConnectionRecord* r = tracker_.Open(std::move(rec), labels);
+  ConnectionRecord* r = tracker_.Open(OutboundMeshRecord(*pod, src, src_id, dst), labels);
   PoolKey key{pod->uid, src_id, Ip4Port{dst.target.ip, options_.hbone_port_for(dst.target.ip)},
               dst.spiffe_id};
   HboneConn* conn = nullptr;
@@ -393,10 +398,9 @@ void Proxy::OnInboundPlainAccept(const std::shared_ptr<PodContext>& pod, int fd)
   rec.src_workload = from ? from->uid() : "";
   rec.dst_workload = pod->uid;
   if (!CheckInboundPolicy(*state, self, rec).empty()) {
-    // A plaintext client learns nothing but the close (RST: SO_LINGER 0), as
-    // with Istio's ztunnel.
-    linger lg{1, 0};
-    (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    // A plaintext client learns nothing but the reset, as with Istio's
+    // ztunnel.
+    ResetOnClose(fd);
     ::close(fd);
     return;
   }

@@ -192,6 +192,12 @@ class Proxy {
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
+// The source side's record of a mesh connection from `pod` (identity
+// `src_id`) to `dst`: outbound, mutual_tls (HBONE and the same-node fast
+// path alike).
+ConnectionRecord OutboundMeshRecord(const PodContext& pod, Ip4Port src, const std::string& src_id,
+                                    const ResolvedDestination& dst);
+
 // Labels for the Istio metrics of a connection.
 TcpLabels MakeLabels(const MeshState& state, const char* reporter, const api::Workload* src,
                      const std::string& src_principal, const api::Workload* dst,
