@@ -69,9 +69,6 @@ BINARIES = {
 }
 
 
-_FAST_PATH_FLAG = {}  # weft-ztunnel path -> whether it has --same-node-fast-path
-
-
 class BedError(Exception):
     """Anything that stops the bed from coming up or doing what was asked."""
 
@@ -814,18 +811,10 @@ class Bed:
                        [self.binary("weft-ztunnel"), "--node-socket", self.node_socket(i),
                         "--admin", "127.0.0.1:%d" % ZTUNNEL_ADMIN, "--metrics",
                         "0.0.0.0:%d" % METRICS, "--readiness", "0.0.0.0:%d" % READINESS]
-                       + self._fast_path_default() + self.ztunnel_args,
+                       # Beds exercise HBONE between pods of one node: the same-node fast
+                       # path is off unless ztunnel_args turn it on (the last flag wins).
+                       + ["--same-node-fast-path=false"] + self.ztunnel_args,
                        netns=self.node_netns(i), via="nsenter")
-
-    def _fast_path_default(self):
-        """Beds exercise HBONE between pods of one node: the same-node fast path is off unless
-        the bed's ztunnel_args turn it on (--same-node-fast-path=true; the last one wins).
-        A ztunnel built before the flag existed gets nothing (it has no fast path)."""
-        binary = self.binary("weft-ztunnel")
-        if binary not in _FAST_PATH_FLAG:
-            p = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=10)
-            _FAST_PATH_FLAG[binary] = "--same-node-fast-path" in p.stdout + p.stderr
-        return ["--same-node-fast-path=false"] if _FAST_PATH_FLAG[binary] else []
 
     def node_get(self, i, port, path, timeout=5.0):
         """(status, body) of an admin/metrics/readiness GET on 127.0.0.1 inside node i."""
